@@ -1,0 +1,1 @@
+"""GRepQ quality representations in JAX/Flax."""
