@@ -1,0 +1,74 @@
+"""Low-level pathway: ResNet encoder, FSIM-weighted quality-aware loss."""
+import functools
+
+from absl import logging
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from grepq_jax import checkpoint
+from grepq_jax import losses
+from grepq_jax.data import low_level as low_level_data
+from grepq_jax.models import low_level as low_level_model
+from grepq_jax.pathways import DTYPES, Pathway
+
+
+def build(config: ml_collections.ConfigDict, workdir: str) -> Pathway:
+    if config.loss.name != "qacl":
+        raise ValueError(f"config.loss.name: the low-level pathway trains with "
+                                          f"'qacl', not {config.loss.name!r}")
+    # The FSIM cache is plain local files; on gs:// it is simply recomputed.
+    cache_dir = None if "://" in workdir else f"{workdir}/fsim_cache"
+    dataset = low_level_data.create_low_level_dataset(
+            config.data, seed=config.seed, cache_dir=cache_dir)
+    if dataset.skipped:
+        logging.warning("Skipped %d unusable image(s); see the warnings above.",
+                                        len(dataset.skipped))
+    model = make_model(config.model)
+    side = config.data.fragment_grid * config.data.fragment_size
+
+    def init_variables(rng):
+        return model.init(rng, jnp.zeros((1, side, side, 3)), train=False)
+
+    def export(state, directory):
+        checkpoint.write_export(
+                directory, {"params": state.params, "batch_stats": state.batch_stats},
+                {"pathway": "low_level", "model": config.model.to_dict(),
+                  "step": int(state.step)})
+
+    return Pathway(
+            dataset=dataset, num_examples=dataset.num_groups,
+            images_per_example=2 * dataset.num_versions,
+            init_variables=init_variables,
+            objective=functools.partial(quality_aware_objective, model=model,
+                                                                    tau=config.loss.tau),
+            export=export)
+
+
+def make_model(model_config: ml_collections.ConfigDict):
+    return low_level_model.LowLevelModel(
+            encoder=model_config.encoder, width=model_config.width,
+            head_dim=model_config.head_dim, dtype=DTYPES[model_config.dtype])
+
+
+def quality_aware_objective(params, batch_stats, batch, *, model, tau):
+    """The loss of one batch of groups, and the updated BatchNorm statistics.
+
+    `batch` holds "anchor" and "augment" views, (B, V, H, W, 3) each, and their
+    FSIM matrices "sim", (B, V, V). As in the paper's code the two views go
+    through the network in two passes, each normalised by its own statistics.
+    """
+
+    def embed(views, stats):
+        groups, versions = views.shape[:2]
+        out, updates = model.apply(
+                {"params": params, "batch_stats": stats},
+                views.reshape((groups * versions,) + views.shape[2:]), train=True,
+                mutable=["batch_stats"])
+        head = out["projection"].astype(jnp.float32)
+        return head.reshape(groups, versions, -1), updates["batch_stats"]
+
+    f1, batch_stats = embed(batch["anchor"], batch_stats)
+    f2, batch_stats = embed(batch["augment"], batch_stats)
+    loss = losses.quality_aware_contrastive_loss(f1, f2, batch["sim"], tau=tau)
+    return loss, (batch_stats, {})
