@@ -10,13 +10,15 @@ The paper's settings on a real folder of pristine images:
 
 `:tiny` is the test-only variant (narrow network, small fragments).
 """
+
 import ml_collections
 
 
 def get_config(arg: str = "default") -> ml_collections.ConfigDict:
     if arg not in ("default", "paper", "tiny"):
-        raise ValueError(f"unknown low_level config {arg!r}: "
-                                          "use default, paper or tiny")
+        raise ValueError(
+            f"unknown low_level config {arg!r}: " "use default, paper or tiny"
+        )
     config = ml_collections.ConfigDict()
     config.pathway = "low_level"
     config.seed = 0
@@ -45,7 +47,6 @@ def get_config(arg: str = "default") -> ml_collections.ConfigDict:
     config.optim = ml_collections.ConfigDict()
     config.optim.name = "adamw"
     config.optim.schedule = "cosine"
-    config.optim.warmup_steps = 0
     config.optim.learning_rate = 1e-4
     config.optim.end_learning_rate = 1e-6
     config.optim.weight_decay = 0.05

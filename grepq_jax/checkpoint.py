@@ -4,6 +4,7 @@ Training checkpoints live under `<workdir>/checkpoints/<step>`; an export is a
 folder holding one parameter tree and a JSON description of it. Paths may be
 local or gs:// (Orbax and etils.epath handle both).
 """
+
 import json
 from typing import Any
 
@@ -20,9 +21,11 @@ class TrainCheckpoints:
 
     def __init__(self, directory: str, *, save_every_steps: int, keep: int):
         options = ocp.CheckpointManagerOptions(
-                save_interval_steps=save_every_steps, max_to_keep=keep, create=True)
-        self._manager = ocp.CheckpointManager(epath.Path(directory),
-                                                                                    options=options)
+            save_interval_steps=save_every_steps, max_to_keep=keep, create=True
+        )
+        self._manager = ocp.CheckpointManager(
+            epath.Path(directory), options=options
+        )
 
     @property
     def latest_step(self) -> int | None:
@@ -34,12 +37,15 @@ class TrainCheckpoints:
         if step is None:
             return target
         abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
-        return self._manager.restore(step, args=ocp.args.StandardRestore(abstract))
+        return self._manager.restore(
+            step, args=ocp.args.StandardRestore(abstract)
+        )
 
     def save(self, step: int, state: Any, *, force: bool = False) -> bool:
         """Saves if `step` is due (or `force`); returns whether it saved."""
-        return self._manager.save(step, args=ocp.args.StandardSave(state),
-                                                            force=force)
+        return self._manager.save(
+            step, args=ocp.args.StandardSave(state), force=force
+        )
 
     def close(self) -> None:
         self._manager.wait_until_finished()
@@ -62,6 +68,8 @@ def read_export(directory: str) -> tuple[Any, dict[str, Any]]:
     directory = epath.Path(directory)
     meta_path = directory / _EXPORT_META
     if not meta_path.exists():
-        raise FileNotFoundError(f"{directory} is not an export: no {_EXPORT_META}")
+        raise FileNotFoundError(
+            f"{directory} is not an export: no {_EXPORT_META}"
+        )
     tree = ocp.StandardCheckpointer().restore(directory / _EXPORT_TREE)
     return tree, json.loads(meta_path.read_text())

@@ -3,6 +3,7 @@
 Both are written in log-sum-exp form so that large similarities or tiny FSIM
 weights never overflow or take the log of zero.
 """
+
 import jax
 import jax.numpy as jnp
 
@@ -16,9 +17,9 @@ def l2_normalise(x: jax.Array, axis: int = -1) -> jax.Array:
     return x / jnp.maximum(norm, _NORM_EPS)
 
 
-def quality_aware_contrastive_loss(f1: jax.Array, f2: jax.Array,
-                                                                      sim: jax.Array,
-                                                                      tau: float = 0.5) -> jax.Array:
+def quality_aware_contrastive_loss(
+    f1: jax.Array, f2: jax.Array, sim: jax.Array, tau: float = 0.5
+) -> jax.Array:
     """Quality-aware contrastive loss of the low-level encoder.
 
     Args:
@@ -32,20 +33,24 @@ def quality_aware_contrastive_loss(f1: jax.Array, f2: jax.Array,
         plus the same over columns, with a = 2 - 2 / (1 + sim^2) and
         S = <f1_i, f2_j> / tau on unit-normalised features.
     """
-    logits = jnp.einsum("bic,bjc->bij", l2_normalise(f1), l2_normalise(f2)) / tau
+    logits = (
+        jnp.einsum("bic,bjc->bij", l2_normalise(f1), l2_normalise(f2)) / tau
+    )
     # 2 - 2 / (1 + s^2) == 2 s^2 / (1 + s^2): no cancellation for small s.
     sim = sim.astype(logits.dtype)
     alpha = 2.0 * sim**2 / (1.0 + sim**2)
 
     def side(axis):
-        return (jax.nn.logsumexp(logits, axis=axis)
-                        - jax.nn.logsumexp(logits, axis=axis, b=alpha))
+        return jax.nn.logsumexp(logits, axis=axis) - jax.nn.logsumexp(
+            logits, axis=axis, b=alpha
+        )
 
     return jnp.mean(side(-1)) + jnp.mean(side(-2))
 
 
-def group_contrastive_loss(z_a: jax.Array, z_b: jax.Array,
-                                                      temperature: float = 0.5) -> jax.Array:
+def group_contrastive_loss(
+    z_a: jax.Array, z_b: jax.Array, temperature: float = 0.5
+) -> jax.Array:
     """Group-contrastive loss of the high-level encoder.
 
     Args:
@@ -62,7 +67,8 @@ def group_contrastive_loss(z_a: jax.Array, z_b: jax.Array,
     group_size = z_a.shape[0]
     if z_b.shape[0] != group_size or group_size < 2:
         raise ValueError(
-                f"groups must have the same size >= 2, got {z_a.shape} and {z_b.shape}")
+            f"groups must have the same size >= 2, got {z_a.shape} and {z_b.shape}"
+        )
     z_a, z_b = l2_normalise(z_a), l2_normalise(z_b)
     off_diagonal = 1.0 - jnp.eye(group_size, dtype=z_a.dtype)
 
@@ -70,8 +76,11 @@ def group_contrastive_loss(z_a: jax.Array, z_b: jax.Array,
         within = own @ own.T
         positive = jnp.sum(within * off_diagonal, axis=1) / (group_size - 1)
         logits = jnp.concatenate([positive[:, None], own @ other.T], axis=1)
-        return (jax.nn.logsumexp(logits / temperature, axis=1)
-                        - positive / temperature)
+        return (
+            jax.nn.logsumexp(logits / temperature, axis=1)
+            - positive / temperature
+        )
 
-    return jnp.mean(jnp.concatenate([member_losses(z_a, z_b),
-                                                                      member_losses(z_b, z_a)]))
+    return jnp.mean(
+        jnp.concatenate([member_losses(z_a, z_b), member_losses(z_b, z_a)])
+    )

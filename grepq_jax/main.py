@@ -5,6 +5,7 @@
 Any config field can be overridden, e.g. `--config.batch_size=16`; a field
 that does not exist stops the run at once, naming it.
 """
+
 from absl import app
 from absl import flags
 from absl import logging
@@ -13,11 +14,18 @@ from ml_collections import config_flags
 from grepq_jax import train
 
 _WORKDIR = flags.DEFINE_string(
-        "workdir", None, "Where checkpoints, logs and the export go (local or "
-        "gs://). Running again with the same workdir resumes.", required=True)
+    "workdir",
+    None,
+    "Where checkpoints, logs and the export go (local or "
+    "gs://). Running again with the same workdir resumes.",
+    required=True,
+)
 config_flags.DEFINE_config_file(
-        "config", None, "A config file, e.g. configs/low_level.py:paper.",
-        lock_config=True)
+    "config",
+    None,
+    "A config file, e.g. configs/low_level.py:paper.",
+    lock_config=True,
+)
 
 
 def main(argv):

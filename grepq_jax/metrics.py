@@ -2,6 +2,7 @@
 
 Only process 0 writes or draws; other processes get a writer that does nothing.
 """
+
 import time
 
 import jax
@@ -11,25 +12,41 @@ import tqdm
 class ProgressReporter:
     """Logs scalars to `<logdir>` and shows steps/s and images/s."""
 
-    def __init__(self, logdir: str, *, total_steps: int, start_step: int,
-                              images_per_step: int):
+    def __init__(
+        self,
+        logdir: str,
+        *,
+        total_steps: int,
+        start_step: int,
+        images_per_step: int,
+    ):
         self._active = jax.process_index() == 0
         self._images_per_step = images_per_step
         self._last_time, self._last_step = None, start_step
         if self._active:
             import tensorflow as tf  # Deferred: TF start-up is slow and optional.
+
             self._tf = tf
             self._writer = tf.summary.create_file_writer(logdir)
-            self._bar = tqdm.tqdm(total=total_steps, initial=start_step,
-                                                        unit="step", dynamic_ncols=True)
+            self._bar = tqdm.tqdm(
+                total=total_steps,
+                initial=start_step,
+                unit="step",
+                dynamic_ncols=True,
+            )
 
-    def step_done(self, step: int, scalars: dict[str, float]) -> dict[str, float]:
+    def step_done(
+        self, step: int, scalars: dict[str, float]
+    ) -> dict[str, float]:
         """Records `scalars` at `step`; returns them with the throughput added."""
         now = time.perf_counter()
         if self._last_time is not None and step > self._last_step:
             steps_per_s = (step - self._last_step) / (now - self._last_time)
-            scalars = dict(scalars, steps_per_second=steps_per_s,
-                                          images_per_second=steps_per_s * self._images_per_step)
+            scalars = dict(
+                scalars,
+                steps_per_second=steps_per_s,
+                images_per_second=steps_per_s * self._images_per_step,
+            )
         self._last_time, self._last_step = now, step
         if self._active:
             with self._writer.as_default(step=step):
@@ -37,8 +54,12 @@ class ProgressReporter:
                     self._tf.summary.scalar(name, value)
             self._bar.update(step - self._bar.n)
             self._bar.set_postfix(
-                    {k: f"{v:.4g}" for k, v in scalars.items()
-                      if k in ("loss", "steps_per_second", "images_per_second")})
+                {
+                    k: f"{v:.4g}"
+                    for k, v in scalars.items()
+                    if k in ("loss", "steps_per_second", "images_per_second")
+                }
+            )
         return scalars
 
     def close(self) -> None:

@@ -5,9 +5,9 @@ export) comes from a `Pathway` picked by `config.pathway`; everything else (the
 train state, the pure `train_step`, data parallelism, checkpoints, metrics) is
 here and is the same for both.
 """
+
 import functools
 import math
-import os
 from typing import Any
 
 from absl import logging
@@ -22,9 +22,11 @@ import optax
 
 from grepq_jax import checkpoint
 from grepq_jax import metrics
+from grepq_jax.pathways import Pathway
+from grepq_jax.pathways import high_level
 from grepq_jax.pathways import low_level
 
-PATHWAYS = {"low_level": low_level.build}
+PATHWAYS = {"low_level": low_level.build, "high_level": high_level.build}
 
 
 @flax.struct.dataclass
@@ -35,8 +37,13 @@ class TrainState:
     opt_state: Any
 
 
-def train_step(state: TrainState, batch: dict[str, jax.Array], *,
-                              objective, optimizer: optax.GradientTransformation):
+def train_step(
+    state: TrainState,
+    batch: dict[str, jax.Array],
+    *,
+    objective,
+    optimizer: optax.GradientTransformation,
+):
     """One optimisation step; returns the new state and scalar metrics.
 
     `objective(params, batch_stats, batch) -> (loss, (batch_stats, metrics))`
@@ -45,18 +52,34 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *,
     """
     grad_fn = jax.value_and_grad(objective, has_aux=True)
     (loss, (batch_stats, step_metrics)), grads = grad_fn(
-            state.params, state.batch_stats, batch)
+        state.params, state.batch_stats, batch
+    )
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
-    grad_norm = optax.global_norm(grads)
     new_state = state.replace(
-            step=state.step + 1, params=optax.apply_updates(state.params, updates),
-            batch_stats=batch_stats, opt_state=opt_state)
+        step=state.step + 1,
+        params=optax.apply_updates(state.params, updates),
+        batch_stats=batch_stats,
+        opt_state=opt_state,
+    )
+    grad_norm = optax.tree.norm(grads)
     return new_state, dict(step_metrics, loss=loss, grad_norm=grad_norm)
 
 
-def make_optimizer(optim: ml_collections.ConfigDict, total_steps: int):
-    """AdamW with a cosine decay to `end_learning_rate`, or the config's rule."""
-    schedule = optim_schedule(optim, total_steps)
+def make_optimizer(
+    optim: ml_collections.ConfigDict, steps_per_epoch: int, total_steps: int
+):
+    """The config's optimizer and learning-rate schedule (step -> rate)."""
+    if optim.schedule == "cosine":  # The low-level paper setting.
+        schedule = optax.cosine_decay_schedule(
+            optim.learning_rate,
+            decay_steps=max(total_steps, 1),
+            alpha=optim.end_learning_rate / optim.learning_rate,
+        )
+    elif optim.schedule == "warmup_constant":  # The high-level one.
+        warmup = max(round(optim.warmup_epochs * steps_per_epoch), 1)
+        schedule = optax.linear_schedule(0.0, optim.learning_rate, warmup)
+    else:
+        raise ValueError(f"config.optim.schedule: unknown {optim.schedule!r}")
     if optim.name == "adamw":
         return optax.adamw(schedule, weight_decay=optim.weight_decay), schedule
     if optim.name == "adam":
@@ -64,117 +87,175 @@ def make_optimizer(optim: ml_collections.ConfigDict, total_steps: int):
     raise ValueError(f"config.optim.name: unknown optimizer {optim.name!r}")
 
 
-def optim_schedule(optim: ml_collections.ConfigDict, total_steps: int):
-    if optim.schedule == "cosine":
-        return optax.cosine_decay_schedule(
-                optim.learning_rate, decay_steps=max(total_steps, 1),
-                alpha=optim.end_learning_rate / optim.learning_rate)
-    if optim.schedule == "warmup_constant":
-        return optax.linear_schedule(0.0, optim.learning_rate,
-                                                                  max(optim.warmup_steps, 1))
-    raise ValueError(f"config.optim.schedule: unknown {optim.schedule!r}")
-
-
 def make_mesh(num_devices: int) -> jax.sharding.Mesh:
     """A 1-D `data` mesh over the first `num_devices` devices (0: all)."""
     devices = jax.devices()
     if num_devices:
         if num_devices > len(devices):
-            raise ValueError(f"config.num_devices={num_devices} but only "
-                                              f"{len(devices)} devices are visible")
+            raise ValueError(
+                f"config.num_devices={num_devices} but only "
+                f"{len(devices)} devices are visible"
+            )
         devices = devices[:num_devices]
-    # Auto axes: the compiler propagates shardings through the global-view step
-  # (jax 0.10 defaults to Explicit, where e.g. a sort over the batch fails).
-  return jax.make_mesh((len(devices),), ("data",),
-                       axis_types=(jax.sharding.AxisType.Auto,),
-                       devices=devices)
+    # Auto axes: the compiler propagates shardings through the global-view
+    # step (jax 0.10 defaults to Explicit, where a sort over the batch fails).
+    return jax.make_mesh(
+        (len(devices),),
+        ("data",),
+        axis_types=(jax.sharding.AxisType.Auto,),
+        devices=devices,
+    )
 
 
-def create_train_state(init_variables, optimizer, rng,
-                                              replicated: NamedSharding) -> TrainState:
-    """Initialises parameters and optimizer state, replicated on the mesh."""
+def create_train_state(
+    variables, optimizer, replicated: NamedSharding
+) -> TrainState:
+    """The initial state, replicated on the mesh.
 
-    def init(rng):
-        variables = init_variables(rng)
-        params = variables["params"]
-        return TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                                            batch_stats=variables.get("batch_stats", {}),
-                                            opt_state=optimizer.init(params))
+    `variables` ({"params", "batch_stats"?}) come in as arrays rather than an
+    init function, so that pretrained weights are placed, not baked into a
+    compiled program as constants.
+    """
+    params = jax.device_put(variables["params"], replicated)
+    return TrainState(
+        step=jax.device_put(jnp.zeros((), jnp.int32), replicated),
+        params=params,
+        batch_stats=jax.device_put(
+            variables.get("batch_stats", {}), replicated
+        ),
+        opt_state=jax.jit(optimizer.init, out_shardings=replicated)(params),
+    )
 
-    return jax.jit(init, out_shardings=replicated)(rng)
 
-
-def global_batch(local_batch: dict[str, np.ndarray],
-                                  sharding: NamedSharding) -> dict[str, jax.Array]:
+def global_batch(
+    local_batch: dict[str, np.ndarray], sharding: NamedSharding
+) -> dict[str, jax.Array]:
     """Each process's rows, assembled into arrays sharded over the mesh."""
-    return {k: jax.make_array_from_process_local_data(sharding, v)
-                    for k, v in local_batch.items()}
+    return {
+        k: jax.make_array_from_process_local_data(sharding, v)
+        for k, v in local_batch.items()
+    }
+
+
+def build_pathway(config: ml_collections.ConfigDict, workdir: str) -> Pathway:
+    if config.pathway not in PATHWAYS:
+        raise ValueError(
+            f"config.pathway: unknown {config.pathway!r}, "
+            f"expected one of {sorted(PATHWAYS)}"
+        )
+    return PATHWAYS[config.pathway](config, workdir)
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
     """Trains `config.pathway`, resuming from `workdir`, then exports it."""
     workdir = epath.Path(workdir)
-    if config.pathway not in PATHWAYS:
-        raise ValueError(f"config.pathway: unknown {config.pathway!r}, "
-                                          f"expected one of {sorted(PATHWAYS)}")
-    # Reading the data first: a bad folder stops the run before any compile.
-    pathway = PATHWAYS[config.pathway](config, str(workdir))
+    # The data is read first: a bad folder stops the run before any compile.
+    pathway = build_pathway(config, str(workdir))
     mesh = make_mesh(config.num_devices)
     if config.batch_size % mesh.size:
-        raise ValueError(f"config.batch_size={config.batch_size} must be a "
-                                          f"multiple of the {mesh.size} devices in use")
+        raise ValueError(
+            f"config.batch_size={config.batch_size} must be a "
+            f"multiple of the {mesh.size} devices in use"
+        )
     steps_per_epoch = math.ceil(pathway.num_examples / config.batch_size)
     total_steps = config.num_epochs * steps_per_epoch
-    optimizer, schedule = make_optimizer(config.optim, total_steps)
+    optimizer, schedule = make_optimizer(
+        config.optim, steps_per_epoch, total_steps
+    )
     replicated = NamedSharding(mesh, P())
-    batch_sharding = NamedSharding(mesh, P("data"))
-
-    state = create_train_state(pathway.init_variables, optimizer,
-                                                          jax.random.key(config.seed), replicated)
+    state = create_train_state(
+        pathway.init_variables(jax.random.key(config.seed)),
+        optimizer,
+        replicated,
+    )
     checkpoints = checkpoint.TrainCheckpoints(
-            str(workdir / "checkpoints"),
-            save_every_steps=config.checkpoint_every_steps,
-            keep=config.keep_checkpoints)
+        str(workdir / "checkpoints"),
+        save_every_steps=config.checkpoint_every_steps,
+        keep=config.keep_checkpoints,
+    )
     state = checkpoints.restore_latest(state)
-    start_step = int(state.step)
-    if start_step:
-        logging.info("Resuming from step %d of %d.", start_step, total_steps)
-
+    if int(state.step):
+        logging.info(
+            "Resuming from step %d of %d.", int(state.step), total_steps
+        )
+    batch_sharding = NamedSharding(mesh, P("data"))
     step_fn = jax.jit(
-            functools.partial(train_step, objective=pathway.objective,
-                                                optimizer=optimizer),
-            in_shardings=(replicated, batch_sharding),
-            out_shardings=(replicated, replicated), donate_argnums=0)
+        functools.partial(
+            train_step, objective=pathway.objective, optimizer=optimizer
+        ),
+        in_shardings=(replicated, batch_sharding),
+        out_shardings=(replicated, replicated),
+        donate_argnums=0,
+    )
+    try:
+        state = _run_steps(
+            config,
+            workdir,
+            pathway,
+            state,
+            step_fn,
+            batch_sharding,
+            schedule,
+            checkpoints,
+            total_steps,
+        )
+    finally:
+        checkpoints.close()
+    pathway.export(state, str(workdir / "export"))
+    logging.info(
+        "Done: %d steps. Checkpoints: %s; TensorBoard logs: %s; "
+        "export for scoring: %s",
+        total_steps,
+        workdir / "checkpoints",
+        workdir / "tensorboard",
+        workdir / "export",
+    )
+    return state
+
+
+def _run_steps(
+    config,
+    workdir,
+    pathway,
+    state,
+    step_fn,
+    batch_sharding,
+    schedule,
+    checkpoints,
+    total_steps,
+):
+    """The loop: steps from the state's own step to the end, saving as due."""
+    start = int(state.step)
     reporter = metrics.ProgressReporter(
-            str(workdir / "tensorboard"), total_steps=total_steps,
-            start_step=start_step,
-            images_per_step=config.batch_size * pathway.images_per_example)
+        str(workdir / "tensorboard"),
+        total_steps=total_steps,
+        start_step=start,
+        images_per_step=config.batch_size * pathway.images_per_example,
+    )
     batches = pathway.dataset.iterate(
-            start_step, total_steps - start_step, config.batch_size,
-      prefetch=config.data.prefetch,
-            process_index=jax.process_index(), process_count=jax.process_count())
-    last = {}
+        start,
+        total_steps - start,
+        config.batch_size,
+        prefetch=config.data.prefetch,
+        process_index=jax.process_index(),
+        process_count=jax.process_count(),
+    )
     for step, local_batch in batches:
-        state, step_metrics = step_fn(state, global_batch(local_batch,
-                                                                                                            batch_sharding))
+        state, step_metrics = step_fn(
+            state, global_batch(local_batch, batch_sharding)
+        )
         done = step + 1
         scalars = {k: float(v) for k, v in jax.device_get(step_metrics).items()}
         if not all(map(math.isfinite, scalars.values())):
-            checkpoints.close()
+            # Stop before saving: the last good checkpoint stays the latest.
             raise FloatingPointError(
-                    f"non-finite loss or gradient at step {done} ({scalars}); the last "
-                    f"good checkpoint (step {checkpoints.latest_step}) is kept in "
-                    f"{workdir / 'checkpoints'}")
+                f"non-finite loss or gradient at step {done} ({scalars}); "
+                f"the last good checkpoint (step {checkpoints.latest_step}) "
+                f"is kept in {workdir / 'checkpoints'}"
+            )
         if done % config.log_every_steps == 0 or done == total_steps:
             scalars["learning_rate"] = float(schedule(step))
-            last = reporter.step_done(done, scalars)
+            reporter.step_done(done, scalars)
         checkpoints.save(done, state, force=done == total_steps)
     reporter.close()
-    checkpoints.close()
-    export_dir = workdir / "export"
-    pathway.export(state, str(export_dir))
-    logging.info("Done: %d steps. Checkpoints: %s, TensorBoard logs: %s, "
-                              "export for scoring: %s. Last metrics: %s", total_steps,
-                              workdir / "checkpoints", workdir / "tensorboard", export_dir,
-                              last)
     return state

@@ -1,4 +1,5 @@
 """Shared test set-up: CPU only, several simulated devices, fast compiles."""
+
 import os
 
 # Must be set before jax is imported anywhere in the test process.
@@ -7,3 +8,48 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+import jax  # noqa: E402  (after the environment above)
+import numpy as np  # noqa: E402
+from PIL import Image  # noqa: E402
+import pytest  # noqa: E402
+import skimage.data  # noqa: E402
+
+# Identical programs compiled by different tests load from this cache.
+jax.config.update("jax_compilation_cache_dir", "/tmp/grepq_jax_test_cache")
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
+
+
+@pytest.fixture(scope="session")
+def photo_folder(tmp_path_factory):
+    """Eight 64x64 crops of real photographs, all one size (one FSIM compile)."""
+    folder = tmp_path_factory.mktemp("photos")
+    sources = [
+        skimage.data.astronaut(),
+        skimage.data.coffee(),
+        skimage.data.chelsea(),
+        skimage.data.rocket(),
+    ]
+    for i, photo in enumerate(sources):
+        for j, (y, x) in enumerate([(100, 100), (200, 150)]):
+            crop = Image.fromarray(photo[y : y + 128, x : x + 128]).resize(
+                (64, 64)
+            )
+            crop.save(folder / f"photo_{i}_{j}.png")
+    return folder
+
+
+def read_scalars(logdir, tag):
+    import tensorflow as tf
+
+    values = {}
+    for path in tf.io.gfile.glob(f"{logdir}/events.out.tfevents.*"):
+        for event in tf.compat.v1.train.summary_iterator(path):
+            for value in event.summary.value:
+                if value.tag == tag:
+                    values[event.step] = float(tf.make_ndarray(value.tensor))
+    return [values[k] for k in sorted(values)]
+
+
+def params_of(state):
+    return jax.tree.map(np.asarray, jax.device_get(state.params))

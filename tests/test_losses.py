@@ -1,4 +1,5 @@
 """Both losses against direct NumPy transcriptions of their definitions."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -14,7 +15,7 @@ def _unit(x):
 def numpy_quality_aware(f1, f2, sim, tau):
     """Literal form of the definition, in float64, with explicit loops."""
     f1, f2 = _unit(f1.astype(np.float64)), _unit(f2.astype(np.float64))
-    alpha = 2.0 - 2.0 / (1.0 + sim.astype(np.float64)**2)
+    alpha = 2.0 - 2.0 / (1.0 + sim.astype(np.float64) ** 2)
     rows, cols = [], []
     for b in range(f1.shape[0]):
         s = np.exp(f1[b] @ f2[b].T / tau)
@@ -50,11 +51,13 @@ def test_quality_aware_matches_numpy(tau):
     f1 = rng.normal(size=(3, 9, 16)).astype(np.float32)
     f2 = rng.normal(size=(3, 9, 16)).astype(np.float32)
     sim = _symmetric_similarity(rng, 3, 9)
-    got = jax.jit(losses.quality_aware_contrastive_loss,
-                                static_argnames="tau")(f1, f2, sim, tau=tau)
+    got = jax.jit(losses.quality_aware_contrastive_loss, static_argnames="tau")(
+        f1, f2, sim, tau=tau
+    )
     # float32 against float64: a few ulps of a value around 4.
-    np.testing.assert_allclose(got, numpy_quality_aware(f1, f2, sim, tau),
-                                                          rtol=1e-5)
+    np.testing.assert_allclose(
+        got, numpy_quality_aware(f1, f2, sim, tau), rtol=1e-5
+    )
 
 
 def test_quality_aware_is_stable_and_differentiable():
@@ -64,7 +67,8 @@ def test_quality_aware_is_stable_and_differentiable():
     sim[:, 0, 1:] = sim[:, 1:, 0] = 0.0  # zero weights: log(0) in a naive form
     # A tiny temperature overflows exp() in float32 if not done in log space.
     loss, grad = jax.value_and_grad(losses.quality_aware_contrastive_loss)(
-            f, f, sim, tau=1e-3)
+        f, f, sim, tau=1e-3
+    )
     assert np.isfinite(loss) and np.all(np.isfinite(grad))
 
 
@@ -85,10 +89,12 @@ def test_group_contrastive_matches_numpy(group_size, t):
     rng = np.random.default_rng(group_size)
     z_a = rng.normal(size=(group_size, 12)).astype(np.float32)
     z_b = rng.normal(size=(group_size, 12)).astype(np.float32)
-    got = jax.jit(losses.group_contrastive_loss,
-                                static_argnames="temperature")(z_a, z_b, temperature=t)
-    np.testing.assert_allclose(got, numpy_group_contrastive(z_a, z_b, t),
-                                                          rtol=1e-5)
+    got = jax.jit(losses.group_contrastive_loss, static_argnames="temperature")(
+        z_a, z_b, temperature=t
+    )
+    np.testing.assert_allclose(
+        got, numpy_group_contrastive(z_a, z_b, t), rtol=1e-5
+    )
 
 
 def test_group_contrastive_separated_groups_score_lower():

@@ -31,7 +31,6 @@ import functools
 import hashlib
 import json
 import os
-import queue
 import threading
 import time
 from pathlib import Path
@@ -47,6 +46,7 @@ from grepq_jax import fsim
 from grepq_jax.data import corpus
 from grepq_jax.data import fragments
 from grepq_jax.data import images
+from grepq_jax.data import stream
 
 LAYOUTS = ("pristine", "predistorted")
 
@@ -356,14 +356,6 @@ class _DecodedGroups:
         return value
 
 
-@functools.lru_cache(maxsize=8)
-def _epoch_order(seed: int, epoch: int, count: int) -> np.ndarray:
-    """The permutation of group indices that epoch `epoch` visits."""
-    order = np.random.default_rng([seed, _ORDER_STREAM, epoch]).permutation(count)
-    order.setflags(write=False)
-    return order
-
-
 class LowLevelDataset:
     """Batches of aligned fragment views and FSIM soft labels.
 
@@ -428,12 +420,12 @@ class LowLevelDataset:
         steps = range(start_step, start_step + num_steps)
         if prefetch <= 0:
             return ((step, make_batch(step)) for step in steps)
-        return _prefetched(steps, make_batch, prefetch)
+        return stream.prefetched(steps, make_batch, prefetch)
 
     def _row(self, step: int, slot: int) -> dict[str, np.ndarray]:
         epoch, position = divmod(slot, self.num_groups)
         group, versions = self._usable_versions(
-            int(_epoch_order(self._seed, epoch, self.num_groups)[position]))
+            int(stream.epoch_order([self._seed, _ORDER_STREAM], epoch, self.num_groups)[position]))
         rng = np.random.default_rng([self._seed, _VIEWS_STREAM, step, slot])
         views = functools.partial(fragments.fragment_views, versions,
                                   grid=self._grid, patch=self._patch, rng=rng)
@@ -454,43 +446,3 @@ class LowLevelDataset:
                 logging.warning("%s became unusable after the scan (%s); using "
                                 "the next group instead.", source.label, error)
         raise RuntimeError("every group became unusable after the scan")
-
-
-_DONE = object()
-
-
-def _prefetched(steps: range, make_batch: Callable[[int], dict],
-                depth: int) -> Iterator[tuple[int, dict]]:
-    """(step, make_batch(step)) for each step, made by a background thread."""
-    ready: queue.Queue = queue.Queue(maxsize=depth)
-    stop = threading.Event()
-
-    def put(item) -> bool:
-        while not stop.is_set():
-            try:
-                ready.put(item, timeout=0.1)
-                return True
-            except queue.Full:
-                pass
-        return False
-
-    def produce():
-        try:
-            for step in steps:
-                if not put((step, make_batch(step))):
-                    return
-            put(_DONE)
-        except BaseException as error:  # Handed to the consumer, raised there.
-            put(error)
-
-    worker = threading.Thread(target=produce, name="low-level-prefetch",
-                              daemon=True)
-    worker.start()
-    try:
-        while (item := ready.get()) is not _DONE:
-            if isinstance(item, BaseException):
-                raise item
-            yield item
-    finally:
-        stop.set()
-        worker.join(timeout=10)

@@ -1,4 +1,5 @@
 """What differs between the two GRepQ encoders, behind one small interface."""
+
 import dataclasses
 from typing import Any, Callable
 
@@ -21,6 +22,7 @@ class Pathway:
             metrics))`, pure and jit-able.
         export: `(state, directory) -> None` writes what scoring needs.
     """
+
     dataset: Any
     num_examples: int
     images_per_example: int

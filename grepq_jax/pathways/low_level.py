@@ -1,4 +1,5 @@
 """Low-level pathway: ResNet encoder, FSIM-weighted quality-aware loss."""
+
 import functools
 
 from absl import logging
@@ -15,40 +16,58 @@ from grepq_jax.pathways import DTYPES, Pathway
 
 def build(config: ml_collections.ConfigDict, workdir: str) -> Pathway:
     if config.loss.name != "qacl":
-        raise ValueError(f"config.loss.name: the low-level pathway trains with "
-                                          f"'qacl', not {config.loss.name!r}")
+        raise ValueError(
+            f"config.loss.name: the low-level pathway trains with "
+            f"'qacl', not {config.loss.name!r}"
+        )
     # The FSIM cache is plain local files; on gs:// it is simply recomputed.
     cache_dir = None if "://" in workdir else f"{workdir}/fsim_cache"
     dataset = low_level_data.create_low_level_dataset(
-            config.data, seed=config.seed, cache_dir=cache_dir)
+        config.data, seed=config.seed, cache_dir=cache_dir
+    )
     if dataset.skipped:
-        logging.warning("Skipped %d unusable image(s); see the warnings above.",
-                                        len(dataset.skipped))
+        logging.warning(
+            "Skipped %d unusable image(s); see the warnings above.",
+            len(dataset.skipped),
+        )
     model = make_model(config.model)
     side = config.data.fragment_grid * config.data.fragment_size
 
     def init_variables(rng):
-        return model.init(rng, jnp.zeros((1, side, side, 3)), train=False)
+        return jax.jit(model.init, static_argnames="train")(
+            rng, jnp.zeros((1, side, side, 3)), train=False
+        )
 
     def export(state, directory):
         checkpoint.write_export(
-                directory, {"params": state.params, "batch_stats": state.batch_stats},
-                {"pathway": "low_level", "model": config.model.to_dict(),
-                  "step": int(state.step)})
+            directory,
+            {"params": state.params, "batch_stats": state.batch_stats},
+            {
+                "pathway": "low_level",
+                "model": config.model.to_dict(),
+                "step": int(state.step),
+            },
+        )
 
     return Pathway(
-            dataset=dataset, num_examples=dataset.num_groups,
-            images_per_example=2 * dataset.num_versions,
-            init_variables=init_variables,
-            objective=functools.partial(quality_aware_objective, model=model,
-                                                                    tau=config.loss.tau),
-            export=export)
+        dataset=dataset,
+        num_examples=dataset.num_groups,
+        images_per_example=2 * dataset.num_versions,
+        init_variables=init_variables,
+        objective=functools.partial(
+            quality_aware_objective, model=model, tau=config.loss.tau
+        ),
+        export=export,
+    )
 
 
 def make_model(model_config: ml_collections.ConfigDict):
     return low_level_model.LowLevelModel(
-            encoder=model_config.encoder, width=model_config.width,
-            head_dim=model_config.head_dim, dtype=DTYPES[model_config.dtype])
+        encoder=model_config.encoder,
+        width=model_config.width,
+        head_dim=model_config.head_dim,
+        dtype=DTYPES[model_config.dtype],
+    )
 
 
 def quality_aware_objective(params, batch_stats, batch, *, model, tau):
@@ -62,9 +81,11 @@ def quality_aware_objective(params, batch_stats, batch, *, model, tau):
     def embed(views, stats):
         groups, versions = views.shape[:2]
         out, updates = model.apply(
-                {"params": params, "batch_stats": stats},
-                views.reshape((groups * versions,) + views.shape[2:]), train=True,
-                mutable=["batch_stats"])
+            {"params": params, "batch_stats": stats},
+            views.reshape((groups * versions,) + views.shape[2:]),
+            train=True,
+            mutable=["batch_stats"],
+        )
         head = out["projection"].astype(jnp.float32)
         return head.reshape(groups, versions, -1), updates["batch_stats"]
 
