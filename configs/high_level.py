@@ -1,0 +1,81 @@
+"""High-level GRepQ encoder: CLIP image tower + group-contrastive loss.
+
+Needs a CLIP checkpoint: a hub name (downloaded by transformers on a machine
+with network access) or a local `save_pretrained` directory:
+  python -m grepq_jax.main --config=configs/high_level.py \
+      --workdir=runs/high_level --config.model.clip=/path/to/clip-vit-base-patch32
+
+The paper's settings (batch 128, groups of 4) on a real folder:
+  python -m grepq_jax.main --config=configs/high_level.py:paper \
+      --workdir=gs://BUCKET/grepq/high_level --config.data.path=/data/livefb
+
+Smoke run, offline, on the embedded photographs with a tiny random CLIP that
+it writes into the workdir (it checks the whole path; it is NOT a quality
+model):
+  python -m grepq_jax.main --config=configs/high_level.py:tiny \
+      --workdir=runs/high_level_tiny
+"""
+
+import ml_collections
+
+
+def get_config(arg: str = "default") -> ml_collections.ConfigDict:
+    if arg not in ("default", "paper", "tiny"):
+        raise ValueError(
+            f"unknown high_level config {arg!r}: " "use default, paper or tiny"
+        )
+    config = ml_collections.ConfigDict()
+    config.pathway = "high_level"
+    config.seed = 0
+
+    config.data = ml_collections.ConfigDict()
+    config.data.path = ""  # "" trains on the embedded sample photographs.
+    config.data.layout = "pristine"  # or "predistorted": the REF files.
+    config.data.min_side = 32
+    config.data.max_side = 0  # 0: no limit; else larger images are shrunk
+    config.data.crop = "random"  # or "center", as the paper's code
+    config.data.prefetch = 2
+
+    config.model = ml_collections.ConfigDict()
+    # A hub name, a local directory, or "tiny-random" (clip.TINY_RANDOM):
+    # a tiny random CLIP written into the workdir, for smoke runs.
+    config.model.clip = "openai/clip-vit-base-patch32"
+    config.model.prompts = (("a good photo.", "a bad photo."),)
+    config.model.head_dim = 128
+    # The paper's code never passes the head to its optimizer: it stays at
+    # its random initialisation. True trains it with the image tower.
+    config.model.train_head = False
+    config.model.dtype = "float32"  # "bfloat16" for TPU/GPU compute
+
+    config.loss = ml_collections.ConfigDict()
+    config.loss.name = "gcl"
+    config.loss.temperature = 0.5
+    config.loss.label_temperature = 0.1  # q = sigmoid(margin / this)
+    config.loss.group_size = 2  # G: paper 128 // 32 = 4
+
+    config.optim = ml_collections.ConfigDict()
+    config.optim.name = "adam"
+    config.optim.schedule = "warmup_constant"
+    config.optim.warmup_epochs = 2.5
+    config.optim.learning_rate = 1e-6
+
+    config.batch_size = 8  # images per step, over all devices
+    config.num_epochs = 10
+    config.num_devices = 0  # 0: every visible device
+    config.log_every_steps = 1
+    config.checkpoint_every_steps = 50
+    config.keep_checkpoints = 3
+
+    if arg == "paper":
+        config.data.crop = "center"
+        config.loss.group_size = 4
+        config.batch_size = 128
+        config.num_epochs = 15
+        config.log_every_steps = 10
+        config.checkpoint_every_steps = 500
+    elif arg == "tiny":
+        config.model.clip = "tiny-random"
+        config.optim.learning_rate = 1e-3
+        config.model.train_head = True
+        config.checkpoint_every_steps = 4
+    return config
