@@ -1,0 +1,232 @@
+"""Pristine patches and their Gaussian statistics, for the zero-shot low-level score.
+
+Matches the original GRepQ code, Evaluation/zeroshot_ll_model.py
+(`pristine`, `select_patches`, `select_colorful_patches`) and
+Evaluation/compute_statistical_deviation.py (`NIQE.batch_covariance`):
+
+- Pristine images are cut into NON-overlapping patches (`unfold(2, ps, ps)`,
+  stride = patch size); a test image into patches with stride patch/2
+  (`unfold(-3, ps, int(ps/2))`). Both drop the remainder at the right and
+  bottom edges, and both order patches row by row.
+- Selection is PER IMAGE and SEQUENTIAL: within one image, keep patches whose
+  sharpness is strictly above `sharpness_fraction` x the image's sharpest
+  patch; then, among those survivors only, keep patches whose colourfulness
+  is strictly above `colourfulness_fraction` x the most colourful survivor.
+- Covariance is np.cov(rowvar=False, ddof=1) (`bias=False`).
+
+All pixel values are float in [0, 1] (torchvision's ToTensor), shape
+(..., H, W, 3) channels-last.
+"""
+import dataclasses
+from collections.abc import Callable, Iterable, Iterator
+
+import numpy as np
+
+FeaturesFn = Callable[[np.ndarray], np.ndarray]
+"""(N, P, P, 3) float32 in [0, 1] -> (N, C) features (NumPy or JAX array)."""
+
+# torchvision.transforms.Grayscale (ITU-R 601-2 luma, as rgb_to_grayscale).
+_GREY_WEIGHTS = np.array([0.2989, 0.587, 0.114])
+# zeroshot_ll_model.select_patches: a 7x7 Gaussian window, sigma 7/6.
+_SHARPNESS_WINDOW = 7
+_SHARPNESS_SIGMA = 7.0 / 6.0
+
+
+def patch_grid(height: int, width: int, size: int, stride: int) -> tuple[int, int]:
+    """(rows, cols) of `size` patches at `stride` that fit, remainder dropped.
+
+    Raises ValueError naming the image size when not even one patch fits.
+    """
+    if height < size or width < size:
+        raise ValueError(f"image of {height}x{width} (HxW) is smaller than one "
+                         f"{size}x{size} patch")
+    return (height - size) // stride + 1, (width - size) // stride + 1
+
+
+def _patch_windows(image: np.ndarray, size: int, stride: int) -> np.ndarray:
+    """A view (rows, cols, size, size, C) of `image` (H, W, C); nothing copied."""
+    windows = np.lib.stride_tricks.sliding_window_view(image, (size, size), axis=(0, 1))
+    return np.moveaxis(windows[::stride, ::stride], 2, -1)
+
+
+def iter_patch_chunks(image: np.ndarray, size: int, stride: int,
+                      chunk: int) -> Iterator[np.ndarray]:
+    """Patches of `image` (H, W, C), row by row, at most `chunk` at a time.
+
+    Yields (k <= chunk, size, size, C) copies, so only one chunk of patches is
+    ever in memory however large the image.
+    """
+    if chunk < 1:
+        raise ValueError(f"chunk must be >= 1, got {chunk}")
+    rows, cols = patch_grid(image.shape[0], image.shape[1], size, stride)
+    windows = _patch_windows(image, size, stride)
+    for start in range(0, rows * cols, chunk):
+        flat = np.arange(start, min(start + chunk, rows * cols))
+        yield windows[flat // cols, flat % cols]
+
+
+def cut_patches(image: np.ndarray, size: int, stride: int) -> np.ndarray:
+    """All patches of `image` (H, W, C) -> (rows * cols, size, size, C), row by row.
+
+    Patch k has its top-left corner at (stride * (k // cols), stride * (k % cols)).
+    """
+    rows, cols = patch_grid(image.shape[0], image.shape[1], size, stride)
+    return next(iter_patch_chunks(image, size, stride, rows * cols))
+
+
+def _zero_padded_gaussian_blur(images: np.ndarray) -> np.ndarray:
+    """(N, H, W) -> (N, H, W): F.conv2d with the 7x7 Gaussian, zero padding 3.
+
+    The normalised 2-D kernel is the outer product of a normalised 1-D one, so
+    the blur is applied as two 1-D passes.
+    """
+    half = _SHARPNESS_WINDOW // 2
+    coords = np.arange(_SHARPNESS_WINDOW) - half
+    kernel = np.exp(-coords**2 / (2 * _SHARPNESS_SIGMA**2))
+    kernel /= kernel.sum()
+    out = images
+    for axis in (1, 2):
+        pad = [(0, 0)] * 3
+        pad[axis] = (half, half)
+        padded = np.pad(out, pad)
+        length = out.shape[axis]
+        out = sum(weight * np.take(padded, np.arange(k, k + length), axis=axis)
+                  for k, weight in enumerate(kernel))
+    return out
+
+
+def patch_sharpness(patches: np.ndarray) -> np.ndarray:
+    """Sum of the local standard-deviation map: (N, P, P, 3) in [0, 1] -> (N,).
+
+    As zeroshot_ll_model.select_patches: grey = Grayscale(patch); sigma =
+    sqrt(|G*grey^2 - (G*grey)^2|) with G the 7x7 Gaussian (sigma 7/6) and zero
+    padding (so patch borders contribute); sharpness = sum(sigma). No MSCN
+    normalisation. Computed in float64.
+    """
+    grey = np.asarray(patches, np.float64) @ _GREY_WEIGHTS
+    mean = _zero_padded_gaussian_blur(grey)
+    mean_of_square = _zero_padded_gaussian_blur(grey**2)
+    return np.sqrt(np.abs(mean_of_square - mean**2)).sum(axis=(1, 2))
+
+
+def patch_colourfulness(patches: np.ndarray) -> np.ndarray:
+    """Colourfulness as the original computes it: (N, P, P, 3) in [0, 1] -> (N,).
+
+    As zeroshot_ll_model.select_colorful_patches, a variant of Hasler and
+    Suesstrunk's: rg = |R - G|, yb = |(R + G)/2 - B| (absolute values), std
+    with ddof=1 (torch.std), and sqrt(std_rg^2 + std_yb^2) +
+    sqrt(mean_rg^2 + mean_yb^2) (no 0.3 weight on the mean term).
+    """
+    patches = np.asarray(patches, np.float64)
+    red, green, blue = patches[..., 0], patches[..., 1], patches[..., 2]
+    rg = np.abs(red - green).reshape(len(patches), -1)
+    yb = np.abs(0.5 * (red + green) - blue).reshape(len(patches), -1)
+    spread = np.hypot(rg.std(axis=1, ddof=1), yb.std(axis=1, ddof=1))
+    return spread + np.hypot(rg.mean(axis=1), yb.mean(axis=1))
+
+
+def select_pristine_patches(patches: np.ndarray, *, sharpness_fraction: float = 0.75,
+                            colourfulness_fraction: float = 0.8) -> np.ndarray:
+    """Which of ONE image's patches (N, P, P, 3) are pristine -> (N,) bool.
+
+    Thresholds are relative to the maxima within this image, and the
+    colourfulness maximum is taken over the sharpness survivors only, as the
+    original applies select_colorful_patches(select_patches(x)). Comparisons
+    are strict (`>`), so an all-flat image keeps nothing.
+    """
+    sharpness = patch_sharpness(patches)
+    sharp = sharpness > sharpness_fraction * sharpness.max()
+    if not sharp.any():
+        return sharp
+    colourfulness = np.full(len(patches), -np.inf)
+    colourfulness[sharp] = patch_colourfulness(patches[sharp])
+    return sharp & (colourfulness > colourfulness_fraction * colourfulness[sharp].max())
+
+
+def fit_gaussian(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Mean (C,) and covariance (C, C) of features (N, C), float64, ddof=1."""
+    features = np.asarray(features, np.float64)
+    if features.ndim != 2 or len(features) < 2:
+        raise ValueError("fitting a Gaussian needs features (N >= 2, C), "
+                         f"got shape {features.shape}")
+    mean = features.mean(axis=0)
+    centred = features - mean
+    return mean, centred.T @ centred / (len(features) - 1)
+
+
+def features_in_chunks(chunks: Iterable[np.ndarray], features_fn: FeaturesFn) -> np.ndarray:
+    """Concatenated `features_fn(chunk)` over patch chunks -> (N, C) float32.
+
+    Raises ValueError when `features_fn` does not return one row per patch.
+    """
+    outputs = []
+    for patches in chunks:
+        features = np.asarray(features_fn(np.asarray(patches, np.float32)), np.float32)
+        if features.ndim != 2 or len(features) != len(patches):
+            raise ValueError(f"features_fn must map ({len(patches)}, P, P, 3) patches "
+                             f"to ({len(patches)}, C) features, got {features.shape}")
+        outputs.append(features)
+    return np.concatenate(outputs)
+
+
+@dataclasses.dataclass(frozen=True)
+class PristineStatistics:
+    """The pristine Gaussian and the settings it was computed with.
+
+    mu: (C,) float64 mean; cov: (C, C) float64 covariance; num_patches: how
+    many patches it was fitted to; patch_size in pixels; the two selection
+    fractions.
+    """
+    mu: np.ndarray
+    cov: np.ndarray
+    num_patches: int
+    patch_size: int
+    sharpness_fraction: float
+    colourfulness_fraction: float
+
+    def to_arrays(self) -> dict[str, np.ndarray]:
+        """Plain arrays (e.g. for np.savez); inverse of `from_arrays`."""
+        return {field.name: np.asarray(getattr(self, field.name))
+                for field in dataclasses.fields(self)}
+
+    @classmethod
+    def from_arrays(cls, arrays) -> "PristineStatistics":
+        """From `to_arrays()` output or an np.load of it."""
+        return cls(mu=np.asarray(arrays["mu"], np.float64),
+                   cov=np.asarray(arrays["cov"], np.float64),
+                   num_patches=int(arrays["num_patches"]),
+                   patch_size=int(arrays["patch_size"]),
+                   sharpness_fraction=float(arrays["sharpness_fraction"]),
+                   colourfulness_fraction=float(arrays["colourfulness_fraction"]))
+
+
+def pristine_statistics(images: Iterable[np.ndarray], features_fn: FeaturesFn, *,
+                        patch_size: int = 96, sharpness_fraction: float = 0.75,
+                        colourfulness_fraction: float = 0.8,
+                        chunk: int = 64) -> PristineStatistics:
+    """The Gaussian of `features_fn` over the pristine patches of `images`.
+
+    images: (H, W, 3) float in [0, 1], each cut into non-overlapping
+    `patch_size` patches and selected on its own (see the module docstring);
+    features_fn is called on at most `chunk` patches at a time. The original's
+    random shuffle of each image's patches is omitted: it changes no statistic.
+    Compute this once and store it (`to_arrays`), not per scored image.
+    """
+    features = []
+    for image in images:
+        patches = cut_patches(np.asarray(image), patch_size, patch_size)
+        kept = patches[select_pristine_patches(
+            patches, sharpness_fraction=sharpness_fraction,
+            colourfulness_fraction=colourfulness_fraction)]
+        if len(kept):
+            features.append(features_in_chunks(
+                (kept[i:i + chunk] for i in range(0, len(kept), chunk)), features_fn))
+    if not features:
+        raise ValueError("no pristine patches were selected: the images are empty "
+                         "or have no texture at all")
+    features = np.concatenate(features)
+    mu, cov = fit_gaussian(features)
+    return PristineStatistics(mu=mu, cov=cov, num_patches=len(features),
+                              patch_size=patch_size,
+                              sharpness_fraction=sharpness_fraction,
+                              colourfulness_fraction=colourfulness_fraction)
