@@ -1,0 +1,784 @@
+"""Readers for the standard IQA datasets, in the layouts their authors ship.
+
+Each reader takes the dataset's folder and returns an IqaDataset: the rated
+images (absolute path, score, optional std, split and reference) and how to
+read the scores (MOS or DMOS, direction, nominal range). Every image a score
+file names must stay inside the dataset's image folder (no absolute path, no
+'..', no symbolic link leading out; the folder itself may be a link) and
+exist; a malformed row (wrong column count, non-numeric or non-finite score)
+raises IqaLayoutError naming the file and row; a missing score file raises
+FileNotFoundError saying what to put where (LAYOUTS). Nothing is written.
+
+    dataset = load_iqa_dataset("koniq10k", "/data/koniq10k")
+"""
+import csv
+import dataclasses
+import math
+import os
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path, PurePosixPath, PureWindowsPath
+
+import numpy as np
+import scipy.io
+
+
+class IqaLayoutError(ValueError):
+    """A dataset file that does not match its layout; names file and row."""
+
+
+@dataclasses.dataclass(frozen=True)
+class IqaItem:
+    """One rated image.
+
+    name: the image as its score file names it, relative to the image folder.
+    path: absolute path of the image file (checked: exists, inside the folder).
+    score: MOS or DMOS in the dataset's own units (see IqaDataset).
+    std: standard deviation of the ratings in the same units, or None.
+    split: the dataset's own split ("train", "validation", "test", or what a
+      generic CSV says), or None where it has none.
+    reference: for synthetic-distortion datasets, the pristine source it was
+      made from (group by it so no content is in two splits), else None.
+    """
+    name: str
+    path: str
+    score: float
+    std: float | None = None
+    split: str | None = None
+    reference: str | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class IqaDataset:
+    """A dataset's rated images and how to read their scores.
+
+    score_kind is what the authors call the score ("MOS" or "DMOS"); trust
+    higher_is_better for the direction (KADID-10k's "DMOS" rises with
+    quality). score_range is the nominal scale: a few scores may fall
+    slightly outside it (LIVE's realigned DMOS does).
+    """
+    name: str
+    items: tuple[IqaItem, ...]
+    higher_is_better: bool
+    score_kind: str
+    score_range: tuple[float, float]
+
+
+# What to put where, for error messages and the TFDS manual-download notes.
+LAYOUTS = {
+    "koniq10k": """\
+KonIQ-10k: in the dataset folder put
+  koniq10k_scores_and_distributions.csv  (from the zip of that name; may
+      stay in the koniq10k_scores_and_distributions/ folder it extracts to)
+  1024x768/<image_name>  (the 10,073 JPEGs of koniq10k_1024x768.zip)""",
+    "clive": """\
+LIVE In the Wild Challenge (CLIVE): the dataset folder is ChallengeDB_release/
+  Data/AllImages_release.mat, Data/AllMOS_release.mat,
+  Data/AllStdDev_release.mat
+  Images/<name>                 (the 1,162 test images)
+  Images/trainingImages/<name>  (the 7 training images t1.bmp..t7.bmp)""",
+    "kadid10k": """\
+KADID-10k: the dataset folder is kadid10k/ (from kadid10k.zip), holding
+  dmos.csv       (columns dist_img, ref_img, dmos, var)
+  images/<name>  (the 10,125 distorted and 81 reference PNGs)""",
+    "flive": """\
+LIVE-FB (FLIVE, PaQ-2-PiQ): the dataset folder is FLIVE_Database/database/
+  labels_image.csv  (columns name, mos)
+  <name>            (each image at the relative path its row gives, e.g.
+                     voc_emotic_ava/AVA__129332.jpg)
+  optional, for the official split: labels640.csv (test; column name_image)
+  and labels=640_padded.csv (validation where is_valid is true)""",
+    "spaq": """\
+SPAQ: in the dataset folder put
+  Annotations/MOS and Image attribute scores.xlsx  (needs openpyxl; or save
+      its sheet as Annotations/MOS and Image attribute scores.csv)
+  TestImage/<Image name>  (the 11,125 JPEGs)""",
+    "agiqa3k": """\
+AGIQA-3K: in the dataset folder put
+  data.csv         (columns name, prompt, adj1, adj2, style, mos_quality,
+                    std_quality, mos_align, std_align)
+  AGIQA-3K/<name>  (the 2,982 generated images)""",
+    "csiq": """\
+CSIQ: in the dataset folder put one score file:
+  csiq.DMOS.xlsx  (sheet all_by_image; needs openpyxl), or
+  csiq.DMOS.csv   (that sheet saved as CSV: columns image, dst_idx, dst_type,
+                   dst_lev, dmos_std, dmos, below any title rows), or
+  csiq_label.txt  (lines "<distorted name> <dmos>": "1600.AWGN.1.png 0.062")
+and the distorted images as dst_imgs/<type>/<image>.<TYPE>.<level>.png
+(types awgn, jpeg, jpeg2000, fnoise, blur, contrast), or all in dst_imgs/""",
+    "live": """\
+LIVE IQA release 2: in the dataset folder put
+  refnames_all.mat
+  dmos_realigned.mat (dmos_new, orgs, dmos_std); with realigned=False,
+      dmos.mat (dmos, orgs) instead
+  jp2k/img1..img227.bmp, jpeg/img1..img233.bmp, and img1..img174.bmp in
+  each of wn/, gblur/, fastfading/""",
+    "tid2013": """\
+TID2013: in the dataset folder put
+  mos_with_names.txt       (lines "<MOS> <name>": "5.51429 i01_01_1.bmp")
+  mos_std.txt              (optional: one std a line, same order)
+  distorted_images/<name>  (the 3,000 distorted images)""",
+    "csv": """\
+Generic CSV: in the dataset folder put
+  scores.csv  (a header row, then a row per image: an image column named
+      image_name, img_name, im_loc, name, image, dist_name, filename or
+      path; a score column named mos, score, mos_zscore or dmos; optional
+      std (std, sd, mos_std) and split (split, set, phase) columns)
+  the images at the paths the image column gives, relative to the folder""",
+}
+
+
+def _dataset_folder(root: str | os.PathLike, dataset: str) -> Path:
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"{dataset}: dataset folder {str(root)!r} does "
+                                f"not exist.\n{LAYOUTS[dataset]}")
+    return root
+
+
+def _score_file(root: Path, candidates: Sequence[str], dataset: str) -> Path:
+    """The first of `candidates` (relative to root) that exists."""
+    for candidate in candidates:
+        if (root / candidate).is_file():
+            return root / candidate
+    raise FileNotFoundError(
+        f"{dataset}: found no {' or '.join(map(repr, candidates))} in "
+        f"{str(root)!r}.\n{LAYOUTS[dataset]}")
+
+
+class _ImageFolder:
+    """Resolves image names from a score file, refusing any that leave it."""
+
+    def __init__(self, folder: Path):
+        self.folder = folder.resolve()
+        self._listings: dict[Path, dict[str, list[str]]] = {}
+
+    def resolve(self, name: str, where: str) -> Path:
+        """The existing file `name` inside the folder; `where` blames the row."""
+        parts = PurePosixPath(name.replace("\\", "/")).parts
+        if (not parts or parts[0] == "/" or ".." in parts
+                or PureWindowsPath(name).drive):
+            raise IqaLayoutError(f"{where}: image path {name!r} is empty, "
+                                 f"absolute or leads out of {self.folder}")
+        candidate = self.folder.joinpath(*parts)
+        if not candidate.exists():
+            candidate = self._same_name_other_case(candidate) or candidate
+        if not candidate.resolve().is_relative_to(self.folder):
+            raise IqaLayoutError(f"{where}: image {name!r} links out of "
+                                 f"{self.folder}")
+        if not candidate.is_file():
+            raise IqaLayoutError(f"{where}: image {name!r} not found in "
+                                 f"{self.folder}")
+        return candidate
+
+    def _same_name_other_case(self, path: Path) -> Path | None:
+        # TID2013, LIVE and CSIQ were made on Windows; their lists and files
+        # sometimes differ in letter case only. Take a unique match.
+        if path.parent not in self._listings:
+            listing: dict[str, list[str]] = {}
+            if path.parent.is_dir():
+                for entry in os.listdir(path.parent):
+                    listing.setdefault(entry.lower(), []).append(entry)
+            self._listings[path.parent] = listing
+        matches = self._listings[path.parent].get(path.name.lower(), [])
+        return path.parent / matches[0] if len(matches) == 1 else None
+
+
+def _number(text: str, where: str, what: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise IqaLayoutError(f"{where}: {what} {text!r} is not a number") \
+            from None
+    if not math.isfinite(value):
+        raise IqaLayoutError(f"{where}: {what} is {text!r}, not a finite "
+                             "number")
+    return value
+
+
+def _std(text: str, where: str) -> float | None:
+    """A standard deviation cell: None when empty or NaN, else >= 0."""
+    if text.strip().lower() in ("", "nan"):
+        return None
+    value = _number(text, where, "std")
+    if value < 0:
+        raise IqaLayoutError(f"{where}: std {text!r} is negative")
+    return value
+
+
+# A table is a list of (where, cells): where names the file and row.
+_Table = list[tuple[str, list[str]]]
+
+
+def _read_csv_table(path: Path) -> _Table:
+    table = []
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as file:
+            reader = csv.reader(file)
+            for cells in reader:
+                table.append((f"{path}, line {reader.line_num}", cells))
+    except UnicodeDecodeError as error:
+        raise IqaLayoutError(f"{path}: not UTF-8 text ({error})") from None
+    except csv.Error as error:
+        raise IqaLayoutError(f"{path}, line {len(table) + 1}: {error}") \
+            from None
+    return table
+
+
+def _cell_text(value) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))  # Excel stores CSIQ's image "1600" as 1600.0.
+    return str(value)
+
+
+def _read_xlsx_table(path: Path, sheet: str | None) -> _Table:
+    try:
+        import openpyxl  # pylint: disable=import-outside-toplevel
+    except ImportError:
+        raise ImportError(
+            f"reading {path} needs openpyxl (pip install openpyxl); or save "
+            f"{'its sheet ' + repr(sheet) if sheet else 'its first sheet'} "
+            f"as CSV, as {path.with_suffix('.csv')}") from None
+    try:
+        workbook = openpyxl.load_workbook(path, read_only=True,
+                                          data_only=True)
+    except Exception as error:  # openpyxl raises many types on bad files.
+        raise IqaLayoutError(f"{path}: cannot read as .xlsx ({error})") \
+            from None
+    try:
+        if sheet is not None and sheet not in workbook.sheetnames:
+            raise IqaLayoutError(f"{path}: no sheet {sheet!r} (has "
+                                 f"{workbook.sheetnames})")
+        worksheet = workbook[sheet] if sheet else workbook.worksheets[0]
+        return [(f"{path}, row {number}", [_cell_text(v) for v in values])
+                for number, values in enumerate(
+                    worksheet.iter_rows(values_only=True), start=1)]
+    finally:
+        workbook.close()
+
+
+def _read_records(path: Path, required: Sequence[str],
+                  optional: Sequence[str] = (), *, sheet: str | None = None,
+                  ) -> list[tuple[str, dict[str, str]]]:
+    """Rows after the header of a .csv or .xlsx table as (where, record).
+
+    The header is the first row holding every `required` column name
+    (case-insensitive), so title rows above it are skipped. A record maps
+    the lower-cased names found among required + optional to stripped cell
+    text. Blank rows are skipped; in a CSV every other row must have as many
+    cells as the header.
+    """
+    is_csv = path.suffix.lower() != ".xlsx"
+    table = _read_csv_table(path) if is_csv else _read_xlsx_table(path, sheet)
+    wanted = [name.lower() for name in (*required, *optional)]
+    for index, (_, cells) in enumerate(table):
+        header = [cell.strip().lower() for cell in cells]
+        if all(name.lower() in header for name in required):
+            break
+    else:
+        first = table[0][1] if table else "none: the file is empty"
+        raise IqaLayoutError(f"{path}: no header row with the columns "
+                             f"{list(required)} (first row: {first})")
+    columns = {name: header.index(name) for name in wanted if name in header}
+    records = []
+    for where, cells in table[index + 1:]:
+        if not any(cell.strip() for cell in cells):
+            continue
+        if is_csv and len(cells) != len(header):
+            raise IqaLayoutError(f"{where}: {len(cells)} columns, but the "
+                                 f"header has {len(header)}")
+        cells = cells + [""] * (len(header) - len(cells))
+        records.append((where, {name: cells[i].strip()
+                                for name, i in columns.items()}))
+    return records
+
+
+def _read_fields(path: Path, count: int) -> list[tuple[str, list[str]]]:
+    """Whitespace-separated lines of a text file, each with `count` fields."""
+    try:
+        lines = path.read_text(encoding="utf-8-sig").splitlines()
+    except UnicodeDecodeError as error:
+        raise IqaLayoutError(f"{path}: not UTF-8 text ({error})") from None
+    rows = []
+    for number, line in enumerate(lines, start=1):
+        fields = line.split()
+        if not fields:
+            continue
+        if len(fields) != count:
+            raise IqaLayoutError(f"{path}, line {number}: {len(fields)} "
+                                 f"fields, expected {count}")
+        rows.append((f"{path}, line {number}", fields))
+    return rows
+
+
+def _mat_variable(path: Path, key: str) -> np.ndarray:
+    try:
+        contents = scipy.io.loadmat(path)
+    except Exception as error:  # scipy raises many types on bad files.
+        raise IqaLayoutError(f"{path}: cannot read as a MATLAB .mat file "
+                             f"({type(error).__name__}: {error})") from None
+    if key not in contents:
+        found = sorted(k for k in contents if not k.startswith("__"))
+        raise IqaLayoutError(f"{path}: no variable {key!r} (has {found})")
+    return contents[key]
+
+
+def _mat_numbers(path: Path, key: str) -> np.ndarray:
+    """A numeric .mat variable as a flat float64 vector."""
+    try:
+        return np.asarray(_mat_variable(path, key), np.float64).ravel()
+    except (TypeError, ValueError):
+        raise IqaLayoutError(f"{path}: variable {key!r} is not numeric") \
+            from None
+
+
+def _mat_strings(path: Path, key: str) -> list[str]:
+    """A .mat cell array of strings (any shape) as a flat list."""
+    strings = []
+    for number, cell in enumerate(
+            np.asarray(_mat_variable(path, key), dtype=object).ravel(), 1):
+        while isinstance(cell, np.ndarray):  # Cells nest 1-element arrays.
+            if cell.size != 1:
+                raise IqaLayoutError(f"{path}, entry {number} of {key!r}: "
+                                     "not a single string")
+            cell = cell.ravel()[0]
+        strings.append(str(cell))
+    return strings
+
+
+def _same_length(vectors: dict[str, Sequence], expected: int | None = None):
+    """Raises unless every vector (keyed by 'file: variable') is as long."""
+    lengths = {where: len(vector) for where, vector in vectors.items()}
+    if len(set(lengths.values())) > 1 or (
+            expected is not None and set(lengths.values()) != {expected}):
+        wanted = f" (expected {expected} each)" if expected else ""
+        raise IqaLayoutError(f"entry counts differ: {lengths}{wanted}")
+
+
+def read_koniq10k(root: str | os.PathLike, *, score_column: str = "MOS",
+                  image_folder: str = "1024x768") -> IqaDataset:
+    """KonIQ-10k (Hosu et al. 2020): 10,073 in-the-wild photos, MOS.
+
+    Reads koniq10k_scores_and_distributions.csv (at the root or in the
+    folder of that name), columns image_name, c1..c5, c_total, MOS, SD,
+    MOS_zscore. score_column="MOS": the 1-5 mean with SD as std;
+    "MOS_zscore": the same rescaled to 0-100 (the scale of GRepQ's
+    Evaluation/datasets/KONIQ.csv), no std. Higher is better. Images:
+    <image_folder>/<image_name> (512x384 for the half-size release). No
+    split: the official sets file is a separate download, not read here.
+    """
+    ranges = {"MOS": (1.0, 5.0), "MOS_zscore": (0.0, 100.0)}
+    if score_column not in ranges:
+        raise ValueError(f"score_column must be one of {list(ranges)}, got "
+                         f"{score_column!r}")
+    root = _dataset_folder(root, "koniq10k")
+    name = "koniq10k_scores_and_distributions.csv"
+    path = _score_file(root, [name, f"{Path(name).stem}/{name}"], "koniq10k")
+    images = _ImageFolder(root / image_folder)
+    items = []
+    for where, row in _read_records(path, ["image_name", score_column, "SD"]):
+        items.append(IqaItem(
+            name=row["image_name"],
+            path=str(images.resolve(row["image_name"], where)),
+            score=_number(row[score_column.lower()], where, score_column),
+            std=_std(row["sd"], where) if score_column == "MOS" else None))
+    return IqaDataset("koniq10k", tuple(items), True, "MOS",
+                      ranges[score_column])
+
+
+def read_clive(root: str | os.PathLike, *,
+               include_training_images: bool = False) -> IqaDataset:
+    """LIVE In the Wild Challenge (Ghadiyaram & Bovik 2016), MOS 0-100.
+
+    Reads Data/AllImages_release.mat (AllImages_release: cell of names),
+    Data/AllMOS_release.mat (AllMOS_release) and, where present,
+    Data/AllStdDev_release.mat (AllStdDev_release), all in the same order.
+    Higher is better. The first 7 entries are the study's training images
+    (Images/trainingImages/t1.bmp..t7.bmp); they are left out by default,
+    giving the customary 1,162 test images. include_training_images=True
+    keeps all 1,169, as GRepQ's own Evaluation/datasets/LIVEC.csv does.
+    Other images: Images/<name>.
+    """
+    root = _dataset_folder(root, "clive")
+    names_path = _score_file(root, ["Data/AllImages_release.mat"], "clive")
+    mos_path = _score_file(root, ["Data/AllMOS_release.mat"], "clive")
+    std_path = root / "Data/AllStdDev_release.mat"
+    names = _mat_strings(names_path, "AllImages_release")
+    mos = _mat_numbers(mos_path, "AllMOS_release")
+    vectors = {f"{names_path}": names, f"{mos_path}": mos}
+    stds = [None] * len(names)
+    if std_path.is_file():
+        stds = vectors[f"{std_path}"] = _mat_numbers(std_path,
+                                                     "AllStdDev_release")
+    _same_length(vectors)
+    images = _ImageFolder(root / "Images")
+    items = []
+    for index, (name, score, std) in enumerate(zip(names, mos, stds)):
+        is_training = index < 7
+        if is_training and not include_training_images:
+            continue
+        name = f"trainingImages/{name}" if is_training else name
+        where = f"{mos_path}, entry {index + 1}"
+        items.append(IqaItem(
+            name=name, path=str(images.resolve(name, where)),
+            score=_number(str(score), where, "MOS"),
+            std=None if std is None else _std(str(std), where)))
+    return IqaDataset("clive", tuple(items), True, "MOS", (0.0, 100.0))
+
+
+def read_kadid10k(root: str | os.PathLike) -> IqaDataset:
+    """KADID-10k (Lin et al. 2019): 10,125 synthetically distorted images.
+
+    Reads dmos.csv, columns dist_img, ref_img, dmos, var; images/<dist_img>.
+    The authors call the score DMOS, but it is a mean degradation rating on
+    1-5 where higher is better (5: imperceptible); std = sqrt(var).
+    reference is ref_img.
+    """
+    root = _dataset_folder(root, "kadid10k")
+    path = _score_file(root, ["dmos.csv"], "kadid10k")
+    images = _ImageFolder(root / "images")
+    items = []
+    for where, row in _read_records(path, ["dist_img", "ref_img", "dmos",
+                                           "var"]):
+        variance = _std(row["var"], where)  # Same checks: >= 0 or empty.
+        items.append(IqaItem(
+            name=row["dist_img"],
+            path=str(images.resolve(row["dist_img"], where)),
+            score=_number(row["dmos"], where, "dmos"),
+            std=None if variance is None else math.sqrt(variance),
+            reference=row["ref_img"]))
+    return IqaDataset("kadid10k", tuple(items), True, "DMOS", (1.0, 5.0))
+
+
+def _flive_splits(root: Path) -> dict[str, str]:
+    """Image name -> official split, from the optional split files."""
+    test_path = root / "labels640.csv"
+    valid_path = root / "labels=640_padded.csv"
+    if not (test_path.is_file() and valid_path.is_file()):
+        return {}
+    splits = {}
+    for where, row in _read_records(valid_path, ["name_image", "is_valid"]):
+        if row["is_valid"].lower() not in ("true", "false", "1", "0"):
+            raise IqaLayoutError(f"{where}: is_valid {row['is_valid']!r} is "
+                                 "not true/false")
+        if row["is_valid"].lower() in ("true", "1"):
+            splits[row["name_image"]] = "validation"
+    for _, row in _read_records(test_path, ["name_image"]):
+        splits[row["name_image"]] = "test"
+    return splits
+
+
+def read_flive(root: str | os.PathLike) -> IqaDataset:
+    """LIVE-FB / FLIVE (Ying et al. 2020, PaQ-2-PiQ): ~40k photos, MOS.
+
+    Reads labels_image.csv, columns name, mos (0-100, higher is better);
+    each image is at root/<name>. The split follows the PaQ-2-PiQ
+    preparation as pyiqa does: "test" for the name_image entries of
+    labels640.csv, "validation" for those of labels=640_padded.csv whose
+    is_valid is true, "train" otherwise; None when either file is absent.
+    Patch labels (labels_patch.csv) are not read.
+    """
+    root = _dataset_folder(root, "flive")
+    path = _score_file(root, ["labels_image.csv"], "flive")
+    splits = _flive_splits(root)
+    images = _ImageFolder(root)
+    items = []
+    for where, row in _read_records(path, ["name", "mos"]):
+        items.append(IqaItem(
+            name=row["name"], path=str(images.resolve(row["name"], where)),
+            score=_number(row["mos"], where, "mos"),
+            split=splits.get(row["name"], "train") if splits else None))
+    return IqaDataset("flive", tuple(items), True, "MOS", (0.0, 100.0))
+
+
+def read_spaq(root: str | os.PathLike) -> IqaDataset:
+    """SPAQ (Fang et al. 2020): 11,125 smartphone photos, MOS 0-100.
+
+    Reads "Annotations/MOS and Image attribute scores.xlsx" (first sheet;
+    needs openpyxl) or the same sheet saved as .csv beside it (preferred
+    when both exist); columns "Image name", "MOS" (then Brightness,
+    Colorfulness, Contrast, Noisiness, Sharpness, not read). Higher is
+    better. Images: TestImage/<Image name>, at full camera resolution.
+    """
+    root = _dataset_folder(root, "spaq")
+    stem = "Annotations/MOS and Image attribute scores"
+    path = _score_file(root, [f"{stem}.csv", f"{stem}.xlsx"], "spaq")
+    images = _ImageFolder(root / "TestImage")
+    items = []
+    for where, row in _read_records(path, ["Image name", "MOS"]):
+        items.append(IqaItem(
+            name=row["image name"],
+            path=str(images.resolve(row["image name"], where)),
+            score=_number(row["mos"], where, "MOS")))
+    return IqaDataset("spaq", tuple(items), True, "MOS", (0.0, 100.0))
+
+
+def read_agiqa3k(root: str | os.PathLike, *,
+                 aspect: str = "quality") -> IqaDataset:
+    """AGIQA-3K (Li et al. 2023): 2,982 AI-generated images, MOS.
+
+    Reads data.csv, columns name, prompt, adj1, adj2, style, mos_quality,
+    std_quality, mos_align, std_align: aspect="quality" (default) gives
+    mos_quality / std_quality, "align" the text-image alignment pair.
+    Higher is better; the nominal range 0-5 is our reading of the paper's
+    normalisation, not stated in the file. Images: AGIQA-3K/<name>.
+    """
+    if aspect not in ("quality", "align"):
+        raise ValueError(f"aspect must be 'quality' or 'align', got "
+                         f"{aspect!r}")
+    root = _dataset_folder(root, "agiqa3k")
+    path = _score_file(root, ["data.csv"], "agiqa3k")
+    images = _ImageFolder(root / "AGIQA-3K")
+    mos, std = f"mos_{aspect}", f"std_{aspect}"
+    items = []
+    for where, row in _read_records(path, ["name", mos, std]):
+        items.append(IqaItem(
+            name=row["name"], path=str(images.resolve(row["name"], where)),
+            score=_number(row[mos], where, mos), std=_std(row[std], where)))
+    return IqaDataset("agiqa3k", tuple(items), True, "MOS", (0.0, 5.0))
+
+
+# CSIQ sheet dst_type -> (folder in dst_imgs/, token in the file name).
+_CSIQ_TYPES = {"noise": ("awgn", "AWGN"), "jpeg": ("jpeg", "JPEG"),
+               "jpeg 2000": ("jpeg2000", "jpeg2000"),
+               "fnoise": ("fnoise", "fnoise"), "blur": ("blur", "BLUR"),
+               "contrast": ("contrast", "contrast")}
+
+
+def _csiq_rows(path: Path) -> Iterable[tuple]:
+    """(where, reference, distorted name, dmos, std) from any score file."""
+    if path.suffix == ".txt":
+        for where, (name, dmos) in _read_fields(path, 2):
+            yield where, name.split(".")[0], name, _number(dmos, where,
+                                                           "dmos"), None
+        return
+    records = _read_records(path, ["image", "dst_type", "dst_lev", "dmos"],
+                            ["dmos_std"], sheet="all_by_image")
+    for where, row in records:
+        if row["dst_type"].lower() not in _CSIQ_TYPES:
+            raise IqaLayoutError(f"{where}: unknown dst_type "
+                                 f"{row['dst_type']!r}")
+        token = _CSIQ_TYPES[row["dst_type"].lower()][1]
+        level = _number(row["dst_lev"], where, "dst_lev")
+        if not level.is_integer():
+            raise IqaLayoutError(f"{where}: dst_lev {row['dst_lev']!r} is not "
+                                 "a whole number")
+        name = f"{row['image']}.{token}.{int(level)}.png"
+        yield (where, row["image"], name, _number(row["dmos"], where, "dmos"),
+               _std(row.get("dmos_std", ""), where))
+
+
+def read_csiq(root: str | os.PathLike) -> IqaDataset:
+    """CSIQ (Larson & Chandler 2010): 866 distorted images of 30, DMOS.
+
+    Reads the first present of: csiq.DMOS.csv (the all_by_image sheet of
+    the authors' csiq.DMOS.xlsx saved as CSV; columns image, dst_idx,
+    dst_type, dst_lev, dmos_std, dmos below any title rows),
+    csiq.DMOS.xlsx itself (needs openpyxl), csiq_label.txt (lines
+    "<distorted name> <dmos>", no std). DMOS on 0-1, lower is better.
+    Images: dst_imgs/<type>/<image>.<TYPE>.<level>.png (type folders awgn,
+    jpeg, jpeg2000, fnoise, blur, contrast), or directly in dst_imgs/.
+    reference is the source name, e.g. "1600". The sheet-to-file-name
+    mapping follows public readers; the authors do not document it.
+    """
+    root = _dataset_folder(root, "csiq")
+    path = _score_file(root, ["csiq.DMOS.csv", "csiq.DMOS.xlsx",
+                              "csiq_label.txt"], "csiq")
+    images = _ImageFolder(root / "dst_imgs")
+    items = []
+    for where, reference, name, dmos, std in _csiq_rows(path):
+        kind = name.split(".")[1].lower() if name.count(".") >= 2 else ""
+        in_folder = f"{kind}/{name}"
+        if (not (images.folder / in_folder).exists()
+                and (images.folder / name).exists()):
+            in_folder = name  # The flattened layout.
+        items.append(IqaItem(name=in_folder,
+                             path=str(images.resolve(in_folder, where)),
+                             score=dmos, std=std, reference=reference))
+    return IqaDataset("csiq", tuple(items), False, "DMOS", (0.0, 1.0))
+
+
+# LIVE release 2 lists its 982 images folder by folder in this order.
+_LIVE_FOLDERS = (("jp2k", 227), ("jpeg", 233), ("wn", 174), ("gblur", 174),
+                 ("fastfading", 174))
+
+
+def read_live(root: str | os.PathLike, *,
+              realigned: bool = True) -> IqaDataset:
+    """LIVE IQA release 2 (Sheikh et al. 2006): 779 distorted images, DMOS.
+
+    Reads refnames_all.mat (refnames_all: the source of each entry) and
+    dmos_realigned.mat (dmos_new, orgs, dmos_std; the realigned scores most
+    NR-IQA papers use) or, with realigned=False, dmos.mat (dmos, orgs; no
+    std). The 982 entries are jp2k/img1..227.bmp, jpeg/img1..233.bmp, then
+    img1..174.bmp of wn/, gblur/ and fastfading/; the 203 whose orgs flag
+    is 1 are copies of the references and are left out. DMOS, lower is
+    better, nominally 0-100 (realigned values run slightly outside).
+    The folders' info.txt files are not needed and not read.
+    """
+    root = _dataset_folder(root, "live")
+    refs_path = _score_file(root, ["refnames_all.mat"], "live")
+    dmos_path = _score_file(
+        root, ["dmos_realigned.mat" if realigned else "dmos.mat"], "live")
+    references = _mat_strings(refs_path, "refnames_all")
+    dmos = _mat_numbers(dmos_path, "dmos_new" if realigned else "dmos")
+    orgs = _mat_numbers(dmos_path, "orgs")
+    vectors = {f"{refs_path}: refnames_all": references,
+               f"{dmos_path}: scores": dmos, f"{dmos_path}: orgs": orgs}
+    stds = [None] * len(dmos)
+    if realigned:
+        stds = vectors[f"{dmos_path}: dmos_std"] = _mat_numbers(dmos_path,
+                                                                "dmos_std")
+    _same_length(vectors, expected=sum(count for _, count in _LIVE_FOLDERS))
+    names = [f"{folder}/img{k}.bmp" for folder, count in _LIVE_FOLDERS
+             for k in range(1, count + 1)]
+    images = _ImageFolder(root)
+    items = []
+    for index, name in enumerate(names):
+        where = f"{dmos_path}, entry {index + 1}"
+        if orgs[index] not in (0, 1):
+            raise IqaLayoutError(f"{where}: orgs flag {orgs[index]} is not "
+                                 "0 or 1")
+        if orgs[index] == 1:
+            continue
+        std = stds[index]
+        items.append(IqaItem(
+            name=name, path=str(images.resolve(name, where)),
+            score=_number(str(dmos[index]), where, "DMOS"),
+            std=None if std is None else _std(str(std), where),
+            reference=references[index]))
+    return IqaDataset("live", tuple(items), False, "DMOS", (0.0, 100.0))
+
+
+def read_tid2013(root: str | os.PathLike) -> IqaDataset:
+    """TID2013 (Ponomarenko et al. 2015): 3,000 distorted images of 25.
+
+    Reads mos_with_names.txt (lines "<MOS> <name>") and, where present,
+    mos_std.txt (one std a line, same order). MOS on 0-9, higher is
+    better. Images: distorted_images/<name> (letter case may differ, as in
+    the release). reference is the source id from the name, "I01".."I25".
+    """
+    root = _dataset_folder(root, "tid2013")
+    path = _score_file(root, ["mos_with_names.txt"], "tid2013")
+    rows = _read_fields(path, 2)
+    std_path = root / "mos_std.txt"
+    stds = ([fields[0] for _, fields in _read_fields(std_path, 1)]
+            if std_path.is_file() else [""] * len(rows))
+    _same_length({f"{path}": rows, f"{std_path}": stds})
+    images = _ImageFolder(root / "distorted_images")
+    items = []
+    for (where, (mos, name)), std in zip(rows, stds):
+        items.append(IqaItem(
+            name=name, path=str(images.resolve(name, where)),
+            score=_number(mos, where, "MOS"), std=_std(std, where),
+            reference=name[:3].upper()))
+    return IqaDataset("tid2013", tuple(items), True, "MOS", (0.0, 9.0))
+
+
+# Column names the common IQA toolboxes use, most specific first.
+_CSV_IMAGE_COLUMNS = ("image_name", "img_name", "im_loc", "name", "image",
+                      "dist_name", "filename", "path")
+_CSV_SCORE_COLUMNS = ("mos", "score", "mos_zscore", "dmos")
+_CSV_STD_COLUMNS = ("std", "sd", "mos_std")
+_CSV_SPLIT_COLUMNS = ("split", "set", "phase")
+
+
+def _csv_header(path: Path) -> list[str]:
+    table = _read_csv_table(path)
+    if not table:
+        raise IqaLayoutError(f"{path}: the file is empty")
+    return [cell.strip().lower() for cell in table[0][1]]
+
+
+def _pick_column(header: list[str], given: str | None,
+                 candidates: Sequence[str], what: str, path: Path,
+                 required: bool) -> str | None:
+    if given is not None:
+        if given.lower() not in header:
+            raise IqaLayoutError(f"{path}, line 1: no {what} column "
+                                 f"{given!r} (has {header})")
+        return given.lower()
+    found = next((name for name in candidates if name in header), None)
+    if found is None and required:
+        raise IqaLayoutError(f"{path}, line 1: no {what} column; name one of "
+                             f"{list(candidates)} or pass it (has {header})")
+    return found
+
+
+def read_generic_csv(root: str | os.PathLike, *,
+                     csv_file: str = "scores.csv", image_folder: str = "",
+                     image_column: str | None = None,
+                     score_column: str | None = None,
+                     std_column: str | None = None,
+                     split_column: str | None = None,
+                     higher_is_better: bool | None = None,
+                     score_range: tuple[float, float] | None = None,
+                     ) -> IqaDataset:
+    """Any dataset listed in a CSV, as the common IQA toolboxes write them.
+
+    Reads root/<csv_file>: a header row, then one row per image. Columns
+    not named are found by the usual names (case-insensitive): image
+    image_name/img_name/im_loc/name/image/filename/path, score
+    mos/score/mos_zscore/dmos, std std/sd/mos_std, split split/set/phase
+    (empty cells: None). Images: root/<image_folder>/<image>. score_kind is
+    "DMOS" for a column named dmos, else "MOS". higher_is_better defaults to
+    True, but must be given for a dmos column: KADID-10k's rises with
+    quality, LIVE's and CSIQ's fall. score_range defaults to the observed
+    (min, max).
+    """
+    root = _dataset_folder(root, "csv")
+    path = _score_file(root, [csv_file], "csv")
+    header = _csv_header(path)
+    image = _pick_column(header, image_column, _CSV_IMAGE_COLUMNS, "image",
+                         path, True)
+    score = _pick_column(header, score_column, _CSV_SCORE_COLUMNS, "score",
+                         path, True)
+    std = _pick_column(header, std_column, _CSV_STD_COLUMNS, "std", path,
+                       False)
+    split = _pick_column(header, split_column, _CSV_SPLIT_COLUMNS, "split",
+                         path, False)
+    is_dmos = score == "dmos"
+    if is_dmos and higher_is_better is None:
+        raise ValueError(f"{path}: a 'dmos' column may run either way; pass "
+                         "higher_is_better (or name the column mos/score)")
+    images = _ImageFolder(root / image_folder)
+    items = []
+    for where, row in _read_records(path, [image, score],
+                                    [c for c in (std, split) if c]):
+        items.append(IqaItem(
+            name=row[image], path=str(images.resolve(row[image], where)),
+            score=_number(row[score], where, score),
+            std=_std(row[std], where) if std else None,
+            split=(row[split] or None) if split else None))
+    if not items:
+        raise IqaLayoutError(f"{path}: no rows after the header")
+    scores = [item.score for item in items]
+    return IqaDataset(
+        "csv", tuple(items),
+        True if higher_is_better is None else higher_is_better,
+        "DMOS" if is_dmos else "MOS",
+        score_range or (min(scores), max(scores)))
+
+
+DATASETS: dict[str, Callable[..., IqaDataset]] = {
+    "koniq10k": read_koniq10k,
+    "clive": read_clive,
+    "kadid10k": read_kadid10k,
+    "flive": read_flive,
+    "spaq": read_spaq,
+    "agiqa3k": read_agiqa3k,
+    "csiq": read_csiq,
+    "live": read_live,
+    "tid2013": read_tid2013,
+    "csv": read_generic_csv,
+}
+
+
+def load_iqa_dataset(name: str, root: str | os.PathLike,
+                     **kwargs) -> IqaDataset:
+    """DATASETS[name](root, **kwargs), or ValueError listing the names."""
+    if name not in DATASETS:
+        raise ValueError(f"unknown IQA dataset {name!r}; known: "
+                         f"{', '.join(DATASETS)}")
+    return DATASETS[name](root, **kwargs)
