@@ -1,0 +1,162 @@
+"""Writes one self-contained scoring model folder from training exports.
+
+    python -m grepq_jax.export --low_level=runs/low_level/export \
+        --high_level=runs/high_level/export --out=models/grepq
+
+Copies each encoder's parameters and description, computes the pristine
+statistics once with the low-level encoder (from --pristine, a folder of
+pristine images, or by default the embedded photographs), and writes
+model.json last. Either encoder may be left out. The layout is described in
+grepq_jax/quality_model.py; `python -m grepq_jax.evaluate
+--fit_regressor_into_model` adds a regressor later. Nothing is written
+outside --out, which must be new or empty.
+"""
+import os
+
+if __name__ == "__main__":  # No PyTorch needed: see grepq_jax/cli.py.
+    os.environ.setdefault("USE_TORCH", "0")
+
+import json
+import pathlib
+import sys
+from collections.abc import Iterator
+
+from absl import flags
+from absl import logging
+import numpy as np
+
+from grepq_jax import checkpoint, cli, pristine
+from grepq_jax import quality_model as qm
+from grepq_jax.data import corpus, images
+from grepq_jax.regression import RidgeRegressor
+
+FLAGS = flags.FlagValues()
+_LOW_LEVEL = flags.DEFINE_string(
+    "low_level", None, "The low-level training export (WORKDIR/export).", flag_values=FLAGS)
+_HIGH_LEVEL = flags.DEFINE_string(
+    "high_level", None, "The high-level training export (WORKDIR/export).", flag_values=FLAGS)
+_OUT = flags.DEFINE_string("out", None, "The model folder to write (new or empty).",
+                           required=True, flag_values=FLAGS)
+_PRISTINE = flags.DEFINE_string(
+    "pristine", None, "A folder of pristine images (searched recursively) for the "
+    "low-level statistics; default: the embedded photographs.", flag_values=FLAGS)
+_PATCH_SIZE = flags.DEFINE_integer("patch_size", 96, "Pristine and test patch side, px.",
+                                   lower_bound=32, flag_values=FLAGS)
+_CHUNK = flags.DEFINE_integer("chunk", 64, "Patches through the encoder at once.",
+                              lower_bound=1, flag_values=FLAGS)
+
+
+def pristine_images(folder: str | None, skipped: list[tuple[str, str]]
+                    ) -> Iterator[np.ndarray]:
+    """(H, W, 3) images of `folder`, or the embedded photographs if None.
+
+    An unreadable file is logged, appended to `skipped` as (path, reason),
+    and left out.
+    """
+    if folder is None:
+        for name in corpus.EMBEDDED_PHOTOGRAPHS:
+            yield corpus.load_embedded_photograph(name)
+        return
+    for path in images.find_image_files(folder):
+        try:
+            yield images.read_image(path)
+        except images.UnusableImageError as error:
+            logging.warning("pristine image %s skipped: %s", path, error)
+            skipped.append((str(path), str(error)))
+
+
+def _absolute(path: str) -> str:
+    """Orbax wants absolute paths; gs:// and other URLs pass unchanged."""
+    return path if "://" in path else str(pathlib.Path(path).absolute())
+
+
+def _check_out_folder(out: pathlib.Path) -> None:
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise FileExistsError(f"{out} exists and is not an empty folder; choose "
+                              "a new --out")
+
+
+def export_model(out, *, low_level: str | None = None, high_level: str | None = None,
+                 pristine_folder: str | None = None, patch_size: int = 96,
+                 chunk: int = 64) -> dict:
+    """Writes the model folder `out` from training export folders.
+
+    Returns its description (model.json). Raises ValueError when neither
+    encoder is given, FileExistsError when `out` is not new or empty.
+    """
+    if not (low_level or high_level):
+        raise ValueError("give at least one of the low-level and high-level exports")
+    out = pathlib.Path(out).absolute()  # Orbax wants absolute paths.
+    _check_out_folder(out)
+    description = {"format_version": qm.FORMAT_VERSION, "low_level": bool(low_level),
+                   "high_level": bool(high_level), "regressor": False,
+                   "zero_shot": {"patch_size": patch_size, "stride": patch_size // 2}}
+    exports, stats = {}, None
+    if high_level:
+        exports[qm.HIGH_LEVEL_DIR] = checkpoint.read_export(_absolute(high_level))
+        qm.HighLevelEncoder.from_tree(*exports[qm.HIGH_LEVEL_DIR], source=high_level)
+    if low_level:
+        exports[qm.LOW_LEVEL_DIR] = checkpoint.read_export(_absolute(low_level))
+        encoder = qm.LowLevelEncoder.from_tree(*exports[qm.LOW_LEVEL_DIR], chunk=chunk,
+                                               source=low_level)
+        stats, description["pristine"] = _pristine_statistics(
+            encoder, pristine_folder, patch_size=patch_size, chunk=chunk)
+    # Written only once everything above has worked.
+    for name, (tree, metadata) in exports.items():
+        checkpoint.write_export(str(out / name), tree, metadata)
+    if stats is not None:
+        np.savez(out / qm.PRISTINE_FILE, **stats.to_arrays())
+    (out / qm.MODEL_JSON).write_text(json.dumps(description, indent=2))
+    return description
+
+
+def _pristine_statistics(encoder: qm.LowLevelEncoder, folder: str | None, *,
+                         patch_size: int, chunk: int):
+    """The statistics, computed once, and what model.json says of them."""
+    skipped: list[tuple[str, str]] = []
+    stats = pristine.pristine_statistics(pristine_images(folder, skipped),
+                                         encoder.patch_features, patch_size=patch_size,
+                                         chunk=chunk)
+    if stats.num_patches <= len(stats.mu):
+        logging.warning("only %d pristine patches for %d features: the covariance is "
+                        "singular (the distance's 1e-3 ridge keeps it usable); a larger "
+                        "--pristine folder gives better statistics",
+                        stats.num_patches, len(stats.mu))
+    return stats, {"source": folder or "embedded photographs",
+                   "num_patches": stats.num_patches,
+                   "skipped_images": [path for path, _ in skipped]}
+
+
+def write_regressor(folder, regressor: RidgeRegressor, info: dict) -> None:
+    """Adds (or replaces) the regressor of an existing model folder.
+
+    info: JSON-able; what the regressor reads and predicts (see evaluate.py).
+    """
+    folder = pathlib.Path(folder)
+    description = qm.read_description(folder)
+    np.savez(folder / qm.REGRESSOR_FILE, **regressor.to_arrays())
+    (folder / qm.REGRESSOR_JSON).write_text(json.dumps(info, indent=2))
+    description["regressor"] = True
+    (folder / qm.MODEL_JSON).write_text(json.dumps(description, indent=2))
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) > 1:
+        print(f"unexpected arguments: {argv[1:]}", file=sys.stderr)
+        return 2
+    logging.set_verbosity(logging.WARNING)  # Orbax logs every write at INFO.
+    try:
+        description = export_model(_OUT.value, low_level=_LOW_LEVEL.value,
+                                   high_level=_HIGH_LEVEL.value,
+                                   pristine_folder=_PRISTINE.value,
+                                   patch_size=_PATCH_SIZE.value, chunk=_CHUNK.value)
+    except (ValueError, OSError) as error:  # Bad exports, folders or pristine images.
+        print(f"export failed: {error}", file=sys.stderr)
+        return 2
+    print(f"wrote the model folder {_OUT.value}: {json.dumps(description)}",
+          file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    cli.run(main, FLAGS)

@@ -1,0 +1,267 @@
+"""Export, reload and scoring: the model folder, create_scorer and the score CLI.
+
+Models are tiny and randomly initialised (model_fixtures.py): the scores mean
+nothing, but every path a real model takes is exercised.
+
+Tolerances: a reloaded model runs the same programs on the same bytes, so
+its scores must be identical (exact). Batch composition and chunk size only
+change which compiled program (batch shape) computes an image, which may
+reorder float32 sums, so those are compared to 1e-6 (relative), far below
+any meaningful quality difference.
+"""
+import csv
+import io
+import json
+import pathlib
+import subprocess
+import sys
+import tracemalloc
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from grepq_jax import cli, export, pristine, regression, score, zero_shot
+from grepq_jax import quality_model as qm
+from grepq_jax.data import corpus
+from model_fixtures import high_level_export, low_level_export, model_folder  # noqa: F401
+
+RTOL = 1e-6
+
+
+def photo(height, width, offset=0):
+    """(H, W, 3) float32 in [0, 1]: a crop of a real photograph."""
+    image = corpus.load_embedded_photograph("skimage:astronaut")
+    return image[offset:offset + height, offset:offset + width]
+
+
+def save(image, path):
+    Image.fromarray(np.round(image * 255).astype(np.uint8)).save(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def scorer(model_folder):
+    return score.create_scorer(model_folder)
+
+
+@pytest.fixture(scope="module")
+def image_folder(tmp_path_factory):
+    """Five good images in two sizes (one in a subfolder) and broken files."""
+    folder = tmp_path_factory.mktemp("to_score")
+    (folder / "sub").mkdir()
+    save(photo(160, 200, 0), folder / "a.png")
+    save(photo(160, 200, 40), folder / "b.jpg")
+    save(photo(150, 170, 80), folder / "c.png")
+    save(photo(160, 200, 120), folder / "sub" / "d.png")
+    save(photo(150, 170, 160), folder / "sub" / "e.bmp")
+    (folder / "empty.jpg").write_bytes(b"")
+    (folder / "text.jpg").write_text("not an image")
+    (folder / "notes.txt").write_text("not an image suffix: not scored")
+    return folder
+
+
+def test_export_writes_the_layout_and_reloads_with_identical_scores(
+        model_folder, low_level_export, high_level_export):
+    assert json.loads((model_folder / "model.json").read_text())["format_version"] == 1
+    for name in ("low_level/model.json", "high_level/model.json",
+                 "pristine_statistics.npz"):
+        assert (model_folder / name).exists(), name
+    # The in-memory model, straight from the training exports.
+    low = qm.LowLevelEncoder.from_export(low_level_export, chunk=64)
+    stats = pristine.pristine_statistics(
+        (corpus.load_embedded_photograph(n) for n in corpus.EMBEDDED_PHOTOGRAPHS),
+        low.patch_features)
+    in_memory = qm.QualityModel(low_level=low, pristine_stats=stats,
+                                high_level=qm.HighLevelEncoder.from_export(high_level_export))
+    loaded = qm.QualityModel.load(model_folder)
+    np.testing.assert_array_equal(loaded.pristine_stats.mu, stats.mu)
+    np.testing.assert_array_equal(loaded.pristine_stats.cov, stats.cov)
+    images = [("x", photo(160, 200)), ("y", photo(150, 170, 30))]
+    for (_, a), (_, b) in zip(in_memory.analyse(images, needs=qm.NEEDS),
+                              loaded.analyse(images, needs=qm.NEEDS)):
+        assert a.low_level_score == b.low_level_score
+        assert a.high_level_score == b.high_level_score
+        np.testing.assert_array_equal(a.low_level_features["pooled"],
+                                      b.low_level_features["pooled"])
+        assert 0 < a.low_level_score <= 0.5 and 0 < a.high_level_score < 1
+
+
+def test_export_refuses_a_used_folder_and_no_encoder(tmp_path, low_level_export):
+    (tmp_path / "used").mkdir()
+    (tmp_path / "used" / "keep.txt").write_text("mine")
+    with pytest.raises(FileExistsError, match="not an empty folder"):
+        export.export_model(tmp_path / "used", low_level=str(low_level_export))
+    assert (tmp_path / "used" / "keep.txt").read_text() == "mine"
+    with pytest.raises(ValueError, match="at least one"):
+        export.export_model(tmp_path / "new")
+    with pytest.raises(qm.ModelFolderError, match="no model.json"):
+        qm.QualityModel.load(tmp_path / "used")
+
+
+def test_a_model_with_one_encoder_scores_with_it(tmp_path, high_level_export):
+    export.export_model(tmp_path / "high", high_level=str(high_level_export))
+    scorer = score.create_scorer(tmp_path / "high")
+    assert scorer.mode == "zero_shot_high" and scorer.score_range == (0.0, 1.0)
+    value = scorer.score(photo(64, 64))
+    assert 0 < value < 1
+    with pytest.raises(ValueError, match=r"no encoder for \['low_level_score'\]"):
+        score.create_scorer(tmp_path / "high", mode="zero_shot")
+
+
+def test_scorer_takes_paths_pil_images_and_arrays_alike(scorer, tmp_path):
+    image = photo(160, 200)
+    path = save(image, tmp_path / "x.png")
+    exact = np.round(image * 255).astype(np.uint8)  # What the PNG holds.
+    from_path = scorer.score(path)
+    assert scorer.score(str(path)) == from_path
+    assert scorer.score(Image.open(path)) == from_path
+    assert scorer.score(exact) == from_path  # uint8 array
+    assert scorer.score(exact.astype(np.float32) / 255) == from_path
+    assert scorer.higher_is_better is True and scorer.score_range == (0.0, 1.5)
+    assert 0 < from_path < 1.5
+    with pytest.raises(ValueError, match=r"in \[0, 1\]"):
+        scorer.score(exact.astype(np.float32))
+    with pytest.raises(ValueError, match="expected an"):
+        scorer.score(np.zeros((10, 10, 4), np.float32))
+    with pytest.raises(ValueError, match="smaller than one 96x96 patch"):
+        scorer.score(np.zeros((64, 64, 3), np.float32))
+    with pytest.raises(ValueError, match=r"missing\.png: cannot decode"):
+        scorer.score(tmp_path / "missing.png")
+
+
+def test_scores_do_not_depend_on_the_batch_or_the_order(model_folder):
+    images = [photo(160, 200, k) for k in (0, 10, 20)] + [photo(150, 170, 30)]
+    batched = score.create_scorer(model_folder, batch_size=8)
+    alone = [r.parts for r in score.create_scorer(model_folder, batch_size=1)
+             .score_many(images)]
+    together = [r.parts for r in batched.score_many(images)]
+    backwards = [r.parts for r in batched.score_many(images[::-1])][::-1]
+    for got in (together, backwards):
+        for a, b in zip(alone, got):
+            # The low-level path feeds each image's own patches in fixed
+            # chunks: the same program on the same bytes, whatever the batch.
+            assert a["low_level"] == b["low_level"]
+            np.testing.assert_allclose(a["high_level"], b["high_level"], rtol=RTOL)
+    assert len({round(p["combined"], 9) for p in alone}) == 4  # Not all the same.
+
+
+def test_chunked_low_level_path_equals_unchunked(model_folder):
+    image = photo(240, 290)  # 4 x 5 = 20 patches
+    unchunked = qm.QualityModel.load(model_folder, chunk=64)
+    chunked = qm.QualityModel.load(model_folder, chunk=3)
+    expected = zero_shot.image_low_level_score(
+        image, lambda p: unchunked.low_level.image_features(p)["projection"],
+        unchunked.pristine_stats, chunk=10**6)  # every patch in one call, unpadded
+    np.testing.assert_allclose(unchunked.low_level_score(image), expected, rtol=RTOL)
+    np.testing.assert_allclose(chunked.low_level_score(image), expected, rtol=RTOL)
+
+
+def test_images_of_many_sizes_share_the_low_level_programs(model_folder, monkeypatch):
+    """Patches go through in chunks padded to powers of two: a folder of mixed
+    sizes compiles a few programs (one per input shape), not one per size."""
+    model = qm.QualityModel.load(model_folder, chunk=16)
+    shapes = set()
+    original = model.low_level.image_features
+    monkeypatch.setattr(model.low_level, "image_features",
+                        lambda x: shapes.add(x.shape) or original(x))
+    sizes = [(96, 144), (144, 144), (150, 170), (144, 192), (192, 240), (240, 290)]
+    patches = [((h - 96) // 48 + 1) * ((w - 96) // 48 + 1) for h, w in sizes]
+    assert patches == [2, 4, 4, 6, 12, 20]  # 20 = 16 + 4
+    for height, width in sizes:
+        model.low_level_score(photo(height, width))
+    assert sorted(shapes) == [(n, 96, 96, 3) for n in (2, 4, 8, 16)]
+
+
+def test_a_very_large_image_goes_through_in_bounded_chunks(model_folder, monkeypatch):
+    model = qm.QualityModel.load(model_folder, chunk=64)
+    image = np.random.default_rng(0).uniform(size=(1500, 1500, 3)).astype(np.float32)
+    seen = []
+    original = model.low_level.patch_features
+    monkeypatch.setattr(model.low_level, "patch_features",
+                        lambda patches: seen.append(len(patches)) or original(patches))
+    tracemalloc.start()
+    value = model.low_level_score(image)
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert sum(seen) == 30 * 30 and max(seen) <= 64  # (1500 - 96) // 48 + 1 = 30
+    all_patches = 900 * 96 * 96 * 3 * 4  # bytes, float32
+    assert peak < all_patches / 4, (peak, all_patches)
+    assert 0 < value <= 0.5
+
+
+def test_score_cli_writes_a_row_per_file_and_fails_on_broken_ones(
+        model_folder, image_folder, tmp_path, capsys):
+    out_csv, out_json = tmp_path / "scores.csv", tmp_path / "scores.json"
+    argv = ["score", f"--model={model_folder}", f"--output={out_csv}",
+            f"--json={out_json}", "--batch_size=2", str(image_folder),
+            str(image_folder / "missing.png")]
+    assert score.main(cli.parse(score.FLAGS, argv)) == 1
+    rows = list(csv.DictReader(out_csv.open()))
+    names = [pathlib.Path(row["path"]).name for row in rows]
+    assert names == ["a.png", "b.jpg", "c.png", "empty.jpg", "text.jpg", "d.png",
+                     "e.bmp", "missing.png"]
+    assert list(rows[0]) == ["path", "low_level", "high_level", "combined", "error"]
+    broken = {"empty.jpg", "text.jpg", "missing.png"}
+    for name, row in zip(names, rows):
+        if name in broken:
+            assert row["error"].startswith("cannot decode") and row["combined"] == ""
+        else:
+            assert row["error"] == ""
+            np.testing.assert_allclose(float(row["combined"]),
+                                       float(row["low_level"]) + float(row["high_level"]))
+    scorer = score.create_scorer(model_folder)
+    np.testing.assert_allclose(float(rows[0]["combined"]),  # a.png was batched with b.jpg
+                               scorer.score(image_folder / "a.png"), rtol=RTOL)
+    records = json.loads(out_json.read_text())
+    assert [r["path"] for r in records] == [r["path"] for r in rows]
+    assert records[3]["error"] == rows[3]["error"] and records[0]["error"] is None
+    assert "scored 5 image(s); 3 failed" in capsys.readouterr().err
+
+
+def test_score_paths_exit_code_is_zero_when_all_scored(scorer, image_folder):
+    out = io.StringIO()
+    assert score.score_paths(scorer, [str(image_folder / "sub")], out,
+                             progress=False) == (2, 0)
+    assert len(out.getvalue().splitlines()) == 3
+
+
+def test_regressor_mode_predicts_with_the_stored_ridge(model_folder, tmp_path):
+    folder = tmp_path / "model"
+    export.export_model(folder, low_level=str(model_folder / "low_level"),
+                        high_level=str(model_folder / "high_level"))
+    model = qm.QualityModel.load(folder)
+    images = [photo(160, 200, 10 * k) for k in range(8)]
+    analyses = [a for _, a in model.analyse(enumerate(images), needs=model.regression_needs())]
+    x = np.stack([model.regression_features(a, "pooled") for a in analyses])
+    assert x.shape == (8, 16 + 32)  # CLIP embedding + width-4 ResNet-18 pooled
+    ridge = regression.fit_ridge(x, np.linspace(1, 5, 8), alpha=1.0)
+    export.write_regressor(folder, ridge, {"features": "pooled", "parts": model.parts,
+                                           "score_range": [1.0, 5.0]})
+    scorer = score.create_scorer(folder, mode="regressor")
+    assert scorer.score_range == (1.0, 5.0) and scorer.columns == score.REGRESSOR_COLUMNS
+    got = [r.score for r in scorer.score_many(images)]
+    np.testing.assert_allclose(got, ridge.predict(x), rtol=RTOL)
+
+
+def test_package_import_is_light_and_exports_create_scorer():
+    code = ("import sys, grepq_jax; "
+            "heavy = [m for m in ('jax', 'tensorflow', 'flax', 'transformers') "
+            "if m in sys.modules]; assert not heavy, heavy")
+    root = pathlib.Path(__file__).parents[1]
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=root)
+    import grepq_jax  # pylint: disable=import-outside-toplevel
+    assert grepq_jax.create_scorer is score.create_scorer
+
+
+def test_the_score_command_runs_as_a_module(model_folder, image_folder):
+    """`python -m grepq_jax.score`, as a user runs it (without PyTorch's import)."""
+    root = pathlib.Path(__file__).parents[1]
+    done = subprocess.run(
+        [sys.executable, "-m", "grepq_jax.score", f"--model={model_folder}",
+         "--mode=zero_shot_low", str(image_folder / "a.png")],
+        cwd=root, capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr
+    rows = list(csv.DictReader(io.StringIO(done.stdout)))
+    assert len(rows) == 1 and rows[0]["error"] == "" and rows[0]["high_level"] == ""
+    assert 0 < float(rows[0]["low_level"]) <= 0.5
