@@ -50,7 +50,9 @@ def nine_versions() -> np.ndarray:
     for sigma in (1.0, 3.0):
         versions.append(
             as_bytes(
-                scipy.ndimage.gaussian_filter(image.astype(float), (sigma, sigma, 0))
+                scipy.ndimage.gaussian_filter(
+                    image.astype(float), (sigma, sigma, 0)
+                )
             )
         )
     for sigma in (8.0, 25.0):
