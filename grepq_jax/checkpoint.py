@@ -2,7 +2,12 @@
 
 Training checkpoints live under `<workdir>/checkpoints/<step>`; an export is a
 folder holding one parameter tree and a JSON description of it. Paths may be
-local or gs:// (Orbax and etils.epath handle both).
+local or gs:// (Orbax and etils.epath handle both). With several processes,
+every call here is collective: each process makes it, with the same arguments.
+
+A step folder counts only once Orbax has written `commit_success.txt` into it,
+last; one that a kill interrupted is ignored (the previous step is restored)
+and deleted when the run starts again.
 """
 
 import json
@@ -10,6 +15,7 @@ from typing import Any
 
 from etils import epath
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 
 _EXPORT_TREE = "params"
@@ -21,11 +27,24 @@ class TrainCheckpoints:
 
     def __init__(self, directory: str, *, save_every_steps: int, keep: int):
         options = ocp.CheckpointManagerOptions(
-            save_interval_steps=save_every_steps, max_to_keep=keep, create=True
+            save_interval_steps=save_every_steps,
+            max_to_keep=keep,
+            create=True,
+            # The commit-file protocol Orbax uses on gs:// anyway, everywhere:
+            # local runs and the tests then exercise what pods depend on.
+            atomicity_options=ocp.options.AtomicityOptions(
+                mode=ocp.options.AtomicityMode.COMMIT_FILE
+            ),
+            # Deletes step folders that an interrupted save left unmarked.
+            cleanup_tmp_directories=True,
         )
         self._manager = ocp.CheckpointManager(
             epath.Path(directory), options=options
         )
+
+    @property
+    def directory(self) -> str:
+        return str(self._manager.directory)
 
     @property
     def latest_step(self) -> int | None:
@@ -47,6 +66,15 @@ class TrainCheckpoints:
             step, args=ocp.args.StandardSave(state), force=force
         )
 
+    def reached_preemption(self, step: int) -> bool:
+        """Whether every process has agreed to stop and save at `step`.
+
+        With several processes JAX's preemption service relays a SIGTERM
+        received by any of them; alone this is always False (see
+        `distributed.StopSignal`).
+        """
+        return self._manager.reached_preemption(step)
+
     def close(self) -> None:
         self._manager.wait_until_finished()
         self._manager.close()
@@ -56,6 +84,18 @@ def write_export(directory: str, tree: Any, metadata: dict[str, Any]) -> None:
     """Writes `tree` (arrays) and `metadata` (JSON-able) as one folder."""
     directory = epath.Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
+    if jax.process_count() > 1:
+        # Orbax refuses arrays that live on one process's devices (constants
+        # each process computed, like prompt embeddings); as host arrays,
+        # process 0 writes them.
+        tree = jax.tree.map(
+            lambda a: (
+                np.asarray(a)
+                if isinstance(a, jax.Array) and a.is_fully_addressable
+                else a
+            ),
+            tree,
+        )
     checkpointer = ocp.StandardCheckpointer()
     checkpointer.save(directory / _EXPORT_TREE, tree, force=True)
     checkpointer.wait_until_finished()
@@ -64,12 +104,24 @@ def write_export(directory: str, tree: Any, metadata: dict[str, Any]) -> None:
 
 
 def read_export(directory: str) -> tuple[Any, dict[str, Any]]:
-    """The tree and metadata written by `write_export`, as host arrays."""
+    """The tree and metadata written by `write_export`.
+
+    The arrays land on this process's first device, whatever the number of
+    devices and processes that trained and saved them (a pod slice's export
+    is read on a laptop).
+    """
     directory = epath.Path(directory)
     meta_path = directory / _EXPORT_META
     if not meta_path.exists():
         raise FileNotFoundError(
             f"{directory} is not an export: no {_EXPORT_META}"
         )
-    tree = ocp.StandardCheckpointer().restore(directory / _EXPORT_TREE)
+    checkpointer = ocp.StandardCheckpointer()
+    stored = checkpointer.metadata(directory / _EXPORT_TREE).item_metadata.tree
+    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    target = jax.tree.map(
+        lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=device),
+        stored,
+    )
+    tree = checkpointer.restore(directory / _EXPORT_TREE, target)
     return tree, json.loads(meta_path.read_text())

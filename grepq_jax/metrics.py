@@ -24,10 +24,8 @@ class ProgressReporter:
         self._images_per_step = images_per_step
         self._last_time, self._last_step = None, start_step
         if self._active:
-            import tensorflow as tf  # Deferred: TF start-up is slow and optional.
-
-            self._tf = tf
-            self._writer = tf.summary.create_file_writer(logdir)
+            self._tf = _tensorflow()
+            self._writer = self._tf.summary.create_file_writer(logdir)
             self._bar = tqdm.tqdm(
                 total=total_steps,
                 initial=start_step,
@@ -66,3 +64,15 @@ class ProgressReporter:
         if self._active:
             self._writer.flush()
             self._bar.close()
+
+
+def _tensorflow():
+    """TensorFlow for its summary writer only (imported late: it is slow)."""
+    import tensorflow as tf
+
+    # Keep TF off the accelerators: on a GPU it would reserve their memory.
+    try:
+        tf.config.set_visible_devices([], "GPU")
+    except RuntimeError:  # TF was started earlier; its choice stands.
+        pass
+    return tf

@@ -6,6 +6,7 @@ train state, the pure `train_step`, data parallelism, checkpoints, metrics) is
 here and is the same for both.
 """
 
+import contextlib
 import functools
 import math
 from typing import Any
@@ -14,19 +15,27 @@ from absl import logging
 from etils import epath
 import flax
 import jax
-import jax.numpy as jnp
 from jax.sharding import NamedSharding, PartitionSpec as P
 import ml_collections
 import numpy as np
 import optax
 
 from grepq_jax import checkpoint
+from grepq_jax import distributed
 from grepq_jax import metrics
 from grepq_jax.pathways import Pathway
-from grepq_jax.pathways import high_level
 from grepq_jax.pathways import low_level
 
-PATHWAYS = {"low_level": low_level.build, "high_level": high_level.build}
+
+def _build_high_level(config: ml_collections.ConfigDict, workdir: str):
+    # Imported on use: transformers adds seconds to every (re)start of a
+    # low-level run, and restarts after preemption should be quick.
+    from grepq_jax.pathways import high_level
+
+    return high_level.build(config, workdir)
+
+
+PATHWAYS = {"low_level": low_level.build, "high_level": _build_high_level}
 
 
 @flax.struct.dataclass
@@ -61,8 +70,13 @@ def train_step(
         batch_stats=batch_stats,
         opt_state=opt_state,
     )
-    grad_norm = optax.tree.norm(grads)
-    return new_state, dict(step_metrics, loss=loss, grad_norm=grad_norm)
+    return new_state, dict(
+        step_metrics,
+        loss=loss,
+        grad_norm=optax.tree.norm(grads),
+        # Non-finite if any parameter is: the loop then stops before saving.
+        param_norm=optax.tree.norm(new_state.params),
+    )
 
 
 def make_optimizer(
@@ -90,6 +104,12 @@ def make_optimizer(
 def make_mesh(num_devices: int) -> jax.sharding.Mesh:
     """A 1-D `data` mesh over the first `num_devices` devices (0: all)."""
     devices = jax.devices()
+    if num_devices and jax.process_count() > 1 and num_devices != len(devices):
+        # Each process feeds its own devices an equal share of the batch.
+        raise ValueError(
+            f"config.num_devices={num_devices}: with {jax.process_count()} "
+            f"processes every device takes part; use 0 (all {len(devices)})"
+        )
     if num_devices:
         if num_devices > len(devices):
             raise ValueError(
@@ -116,15 +136,30 @@ def create_train_state(
     init function, so that pretrained weights are placed, not baked into a
     compiled program as constants.
     """
-    params = jax.device_put(variables["params"], replicated)
+    params = _replicate(variables["params"], replicated)
     return TrainState(
-        step=jax.device_put(jnp.zeros((), jnp.int32), replicated),
+        step=_replicate(np.zeros((), np.int32), replicated),
         params=params,
-        batch_stats=jax.device_put(
-            variables.get("batch_stats", {}), replicated
-        ),
+        batch_stats=_replicate(variables.get("batch_stats", {}), replicated),
         opt_state=jax.jit(optimizer.init, out_shardings=replicated)(params),
     )
+
+
+def _replicate(tree, replicated: NamedSharding):
+    """`tree`, the same in every process, copied to every device of the mesh.
+
+    Each process fills its own devices from a host copy: an array on one
+    device cannot move to another process's, and `jax.device_put` would first
+    compare the values across processes, one all-gather per array.
+    """
+
+    def place(x):
+        host = np.asarray(x)
+        return jax.make_array_from_callback(
+            host.shape, replicated, lambda index: host[index]
+        )
+
+    return jax.tree.map(place, tree)
 
 
 def global_batch(
@@ -147,7 +182,12 @@ def build_pathway(config: ml_collections.ConfigDict, workdir: str) -> Pathway:
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
-    """Trains `config.pathway`, resuming from `workdir`, then exports it."""
+    """Trains `config.pathway`, resuming from `workdir`, then exports it.
+
+    On SIGTERM (a preempted TPU VM, a scheduler) it saves at the next step
+    boundary and returns that state without exporting; running it again
+    resumes there.
+    """
     workdir = epath.Path(workdir)
     # The data is read first: a bad folder stops the run before any compile.
     pathway = build_pathway(config, str(workdir))
@@ -187,8 +227,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
         out_shardings=(replicated, replicated),
         donate_argnums=0,
     )
+    stop_signal = distributed.StopSignal()
     try:
-        state = _run_steps(
+        state, finished = _run_steps(
             config,
             workdir,
             pathway,
@@ -198,9 +239,20 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
             schedule,
             checkpoints,
             total_steps,
+            stop_signal,
         )
     finally:
+        stop_signal.close()
         checkpoints.close()
+    if not finished:
+        logging.warning(
+            "Stopped by SIGTERM after step %d of %d and saved it in %s; "
+            "run the same command again to resume.",
+            int(state.step),
+            total_steps,
+            workdir / "checkpoints",
+        )
+        return state
     pathway.export(state, str(workdir / "export"))
     logging.info(
         "Done: %d steps. Checkpoints: %s; TensorBoard logs: %s; "
@@ -223,8 +275,13 @@ def _run_steps(
     schedule,
     checkpoints,
     total_steps,
+    stop_signal,
 ):
-    """The loop: steps from the state's own step to the end, saving as due."""
+    """The loop: steps from the state's own step to the end, saving as due.
+
+    Returns the last state and whether it ran to the end (False: it was asked
+    to stop, and saved where it stopped).
+    """
     start = int(state.step)
     reporter = metrics.ProgressReporter(
         str(workdir / "tensorboard"),
@@ -240,22 +297,41 @@ def _run_steps(
         process_index=jax.process_index(),
         process_count=jax.process_count(),
     )
-    for step, local_batch in batches:
-        state, step_metrics = step_fn(
-            state, global_batch(local_batch, batch_sharding)
-        )
-        done = step + 1
-        scalars = {k: float(v) for k, v in jax.device_get(step_metrics).items()}
-        if not all(map(math.isfinite, scalars.values())):
-            # Stop before saving: the last good checkpoint stays the latest.
-            raise FloatingPointError(
-                f"non-finite loss or gradient at step {done} ({scalars}); "
-                f"the last good checkpoint (step {checkpoints.latest_step}) "
-                f"is kept in {workdir / 'checkpoints'}"
+    with contextlib.closing(batches), contextlib.closing(reporter):
+        for step, local_batch in batches:
+            state, step_metrics = step_fn(
+                state, global_batch(local_batch, batch_sharding)
             )
-        if done % config.log_every_steps == 0 or done == total_steps:
-            scalars["learning_rate"] = float(schedule(step))
-            reporter.step_done(done, scalars)
-        checkpoints.save(done, state, force=done == total_steps)
-    reporter.close()
-    return state
+            done = step + 1
+            scalars = _finite_scalars(step_metrics, done, checkpoints)
+            if done % config.log_every_steps == 0 or done == total_steps:
+                scalars["learning_rate"] = float(schedule(step))
+                reporter.step_done(done, scalars)
+            # Called at every step on every process: that is how processes
+            # agree on the step at which all of them stop.
+            stop = checkpoints.reached_preemption(done) or stop_signal.received
+            checkpoints.save(done, state, force=stop or done == total_steps)
+            if stop and done < total_steps:
+                return state, False
+    return state, True
+
+
+def _finite_scalars(step_metrics, done: int, checkpoints) -> dict[str, float]:
+    """The step's metrics as floats; FloatingPointError if any is not finite.
+
+    Raised before the state is saved, so the last good checkpoint stays the
+    latest. Every process sees the same replicated metrics and stops together.
+    """
+    scalars = {k: float(v) for k, v in jax.device_get(step_metrics).items()}
+    if all(map(math.isfinite, scalars.values())):
+        return scalars
+    kept = checkpoints.latest_step
+    raise FloatingPointError(
+        f"non-finite loss, gradient or parameters at step {done} ({scalars}); "
+        + (
+            f"the last good checkpoint, step {kept}, is kept in "
+            f"{checkpoints.directory}"
+            if kept is not None
+            else "no checkpoint had been saved yet"
+        )
+    )

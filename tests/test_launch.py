@@ -1,0 +1,182 @@
+"""The launch scripts in --dry-run mode: the commands they would run."""
+
+import shlex
+import subprocess
+
+from run_main import REPO
+
+
+def dry_run(script: str, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        ["bash", str(REPO / "launch" / script), "--dry-run", *args],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+
+
+def commands(stdout: str) -> list[list[str]]:
+    """The printed commands ("+ ..." lines), split as a shell would."""
+    return [
+        shlex.split(line[2:])
+        for line in stdout.splitlines()
+        if line.startswith("+ ")
+    ]
+
+
+def remote_command(words: list[str]) -> list[str]:
+    """What `gcloud ... ssh --command=...` runs on the workers."""
+    (command,) = [
+        w[len("--command=") :] for w in words if w.startswith("--command=")
+    ]
+    return shlex.split(command)
+
+
+def test_tpu_vm_creates_ships_and_trains_on_every_worker():
+    result = dry_run(
+        "tpu_vm.sh",
+        "--name",
+        "grepq-pod",
+        "--zone",
+        "us-central2-b",
+        "--accelerator",
+        "v4-32",
+        "--spot",
+        "--data",
+        "gs://bucket/livefb",
+        "configs/low_level.py:paper",
+        "gs://bucket/runs/low",
+        "--",
+        "--config.batch_size=64",
+        "--config.seed=3 ",
+    )
+    assert result.returncode == 0, result.stderr
+    create, tar, scp, install, copy_data, train = commands(result.stdout)
+    assert create[:6] == [
+        "gcloud",
+        "compute",
+        "tpus",
+        "tpu-vm",
+        "create",
+        "grepq-pod",
+    ]
+    assert {"--zone=us-central2-b", "--accelerator-type=v4-32", "--spot"} <= (
+        set(create)
+    )
+    assert tar[:2] == ["tar", "-czf"] and tar[2] in scp
+    assert "grepq-pod:grepq_jax.tar.gz" in scp
+    for step in (scp, install, copy_data, train):
+        assert "--worker=all" in step and "--zone=us-central2-b" in step
+    assert "jax[tpu]==0.10.2" in remote_command(install)
+    assert remote_command(copy_data)[-2:] == [
+        "gs://bucket/livefb",
+        "/tmp/grepq_data",
+    ]
+    remote = remote_command(train)
+    main = remote[remote.index("python3") :]
+    assert main == [
+        "python3",
+        "-m",
+        "grepq_jax.main",
+        "--config=configs/low_level.py:paper",
+        "--workdir=gs://bucket/runs/low",
+        "--config.data.path=/tmp/grepq_data",
+        "--config.batch_size=64",
+        "--config.seed=3 ",  # quoting survives both shells
+    ]
+
+
+def test_tpu_vm_wants_a_cloud_storage_workdir():
+    result = dry_run(
+        "tpu_vm.sh",
+        "--name",
+        "n",
+        "--zone",
+        "z",
+        "configs/low_level.py",
+        "runs/local",
+    )
+    assert result.returncode == 2 and "gs://" in result.stderr
+    assert result.stdout == ""
+
+
+def test_tpu_vm_skip_create_reuses_the_vm():
+    result = dry_run(
+        "tpu_vm.sh",
+        "--skip-create",
+        "--name",
+        "n",
+        "--zone",
+        "z",
+        "configs/high_level.py",
+        "gs://b/w",
+    )
+    assert result.returncode == 0, result.stderr
+    printed = commands(result.stdout)
+    assert not any("create" in c for c in printed)
+    assert "--workdir=gs://b/w" in remote_command(printed[-1])
+
+
+def test_slurm_writes_one_process_per_gpu_and_submits(tmp_path):
+    script = tmp_path / "job.sbatch"
+    result = dry_run(
+        "slurm_gpu.sh",
+        "--nodes",
+        "4",
+        "--gpus-per-node",
+        "8",
+        "--partition",
+        "gpu",
+        "--time",
+        "02:00:00",
+        "--setup",
+        "source ~/venvs/grepq/bin/activate",
+        "--script",
+        str(script),
+        "configs/high_level.py:paper",
+        "/shared/runs/high",
+        "--",
+        "--config.model.clip=/shared/clip",
+    )
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    directives = {line for line in lines if line.startswith("#SBATCH")}
+    assert {
+        "#SBATCH --nodes=4",
+        "#SBATCH --ntasks-per-node=8",
+        "#SBATCH --gpus-per-node=8",
+        "#SBATCH --partition=gpu",
+        "#SBATCH --time=02:00:00",
+        "#SBATCH --signal=TERM@120",
+        "#SBATCH --requeue",
+    } <= directives
+    assert "source ~/venvs/grepq/bin/activate" in lines
+    (srun,) = [shlex.split(line) for line in lines if line.startswith("srun")]
+    assert srun[srun.index("python") :] == [
+        "python",
+        "-m",
+        "grepq_jax.main",
+        "--config=configs/high_level.py:paper",
+        "--workdir=/shared/runs/high",
+        "--config.model.clip=/shared/clip",
+    ]
+    assert commands(result.stdout) == [["sbatch", str(script)]]
+    assert not script.exists()  # a dry run writes nothing
+
+
+def test_slurm_makes_a_relative_workdir_absolute(tmp_path):
+    result = subprocess.run(
+        [
+            "bash",
+            str(REPO / "launch" / "slurm_gpu.sh"),
+            "--dry-run",
+            "configs/low_level.py",
+            "runs/low",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr
+    assert f"--workdir={tmp_path}/runs/low" in result.stdout
