@@ -244,6 +244,7 @@ def run_ours(args, workdir):
         in_shardings=(replicated, batch_sharding),
         out_shardings=(replicated, replicated),
         donate_argnums=0,
+        compiler_options=train.step_compiler_options(),
     )
     batches = pathway.dataset.iterate(0, total, args.groups, prefetch=2)
     epoch_seconds, compile_seconds = [], None

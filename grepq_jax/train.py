@@ -38,6 +38,21 @@ def _build_high_level(config: ml_collections.ConfigDict, workdir: str):
 PATHWAYS = {"low_level": low_level.build, "high_level": _build_high_level}
 
 
+# XLA:CPU (jax 0.10) hands convolutions to YNNPACK, whose filter gradients are
+# 2-3x slower than XLA's own Eigen convolutions (benchmarks/README.md). Keep
+# YNNPACK for dots and reductions only: the same float32 arithmetic.
+_CPU_COMPILER_OPTIONS = {
+    "xla_cpu_experimental_ynn_fusion_type": (
+        "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_REDUCE"
+    )
+}
+
+
+def step_compiler_options() -> dict[str, str] | None:
+    """XLA options for the train step on this backend."""
+    return _CPU_COMPILER_OPTIONS if jax.default_backend() == "cpu" else None
+
+
 @flax.struct.dataclass
 class TrainState:
     step: jax.Array
@@ -226,6 +241,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
         in_shardings=(replicated, batch_sharding),
         out_shardings=(replicated, replicated),
         donate_argnums=0,
+        compiler_options=step_compiler_options(),
     )
     stop_signal = distributed.StopSignal()
     try:
