@@ -29,7 +29,6 @@ Needs torch, torchvision and piq (benchmark-only dependencies).
 """
 
 import argparse
-import functools
 import os
 import sys
 import tempfile
@@ -237,15 +236,7 @@ def run_ours(args, workdir):
     state = train.create_train_state(
         pathway.init_variables(jax.random.key(0)), optimizer, replicated
     )
-    step_fn = jax.jit(
-        functools.partial(
-            train.train_step, objective=pathway.objective, optimizer=optimizer
-        ),
-        in_shardings=(replicated, batch_sharding),
-        out_shardings=(replicated, replicated),
-        donate_argnums=0,
-        compiler_options=train.step_compiler_options(),
-    )
+    step_fn = train.make_step_fn(pathway.objective, optimizer, mesh)
     batches = pathway.dataset.iterate(0, total, args.groups, prefetch=2)
     epoch_seconds, compile_seconds = [], None
     for epoch in range(args.epochs + 1):  # epoch 0 compiles, untimed

@@ -72,13 +72,7 @@ def main():
     replicated, sharded = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
     optimizer, _ = train.make_optimizer(config.optim, 100, 1000)
     state = train.create_train_state({"params": params}, optimizer, replicated)
-    step = jax.jit(
-        functools.partial(train.train_step, objective=objective,
-                          optimizer=optimizer),
-        in_shardings=(replicated, sharded),
-        out_shardings=(replicated, replicated),
-        donate_argnums=0,
-    )
+    step = train.make_step_fn(objective, optimizer, mesh)
     images = np.random.default_rng(0).normal(
         size=(args.batch, size, size, 3)).astype(np.float32)
     batch = train.global_batch({"image": images}, sharded)

@@ -177,6 +177,21 @@ def _replicate(tree, replicated: NamedSharding):
     return jax.tree.map(place, tree)
 
 
+def make_step_fn(objective, optimizer: optax.GradientTransformation,
+                 mesh: jax.sharding.Mesh):
+    """`train_step` compiled for `mesh`: state replicated, batch sharded on
+    `data`, the old state donated. The trainer and the benchmarks share it."""
+    replicated = NamedSharding(mesh, P())
+    return jax.jit(
+        functools.partial(train_step, objective=objective,
+                          optimizer=optimizer),
+        in_shardings=(replicated, NamedSharding(mesh, P("data"))),
+        out_shardings=(replicated, replicated),
+        donate_argnums=0,
+        compiler_options=step_compiler_options(),
+    )
+
+
 def global_batch(
     local_batch: dict[str, np.ndarray], sharding: NamedSharding
 ) -> dict[str, jax.Array]:
@@ -234,15 +249,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
             "Resuming from step %d of %d.", int(state.step), total_steps
         )
     batch_sharding = NamedSharding(mesh, P("data"))
-    step_fn = jax.jit(
-        functools.partial(
-            train_step, objective=pathway.objective, optimizer=optimizer
-        ),
-        in_shardings=(replicated, batch_sharding),
-        out_shardings=(replicated, replicated),
-        donate_argnums=0,
-        compiler_options=step_compiler_options(),
-    )
+    step_fn = make_step_fn(pathway.objective, optimizer, mesh)
     stop_signal = distributed.StopSignal()
     try:
         state, finished = _run_steps(
