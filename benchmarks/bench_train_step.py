@@ -113,10 +113,10 @@ def parse_args():
 def random_batch(
     groups: int, size: int, seed: int = 0
 ) -> dict[str, np.ndarray]:
-    """Views (G, V, H, W, 3) float32 in [0, 1) and a valid FSIM-like matrix
-    (G, V, V): symmetric, in [0.3, 1], ones on the diagonal."""
+    """Views (G, V, H, W, 3) uint8, as the pipeline makes them, and a valid
+    FSIM-like matrix (G, V, V): symmetric, in [0.3, 1], ones on the diagonal."""
     rng = np.random.default_rng(seed)
-    views = rng.random((2, groups, VERSIONS, size, size, 3), dtype=np.float32)
+    views = rng.integers(0, 256, (2, groups, VERSIONS, size, size, 3), np.uint8)
     sim = rng.uniform(0.3, 1.0, (groups, VERSIONS, VERSIONS))
     sim = (sim + sim.transpose(0, 2, 1)) / 2
     sim[:, np.arange(VERSIONS), np.arange(VERSIONS)] = 1.0
@@ -184,12 +184,15 @@ class JaxSide:
 
 
 class TorchSide:
-    """The PyTorch peer's step on the same batch (NCHW)."""
+    """The PyTorch peer's step on the same batch (NCHW float in [0, 1], as
+    the original's loader gives it)."""
 
     def __init__(self, batch: dict[str, np.ndarray], channels_last: bool):
         self.trainer = torch_peer.PeerTrainer(SCHEDULE_STEPS, channels_last)
         as_nchw = (
-            lambda x: torch.from_numpy(x).permute(0, 1, 4, 2, 3).contiguous()
+            lambda x: torch.from_numpy(x / np.float32(255))
+            .permute(0, 1, 4, 2, 3)
+            .contiguous()
         )
         self.frames = as_nchw(batch["anchor"])
         self.augmentations = as_nchw(batch["augment"])

@@ -1,5 +1,6 @@
 """Tests of the low-level input pipeline: files, fragments, soft labels, batches."""
 import logging
+import multiprocessing
 import threading
 
 import jax
@@ -22,7 +23,7 @@ def make_config(**fields) -> ml_collections.ConfigDict:
     """The data fields configs/low_level.py defines, shrunk for tests."""
     config = dict(path="", layout="pristine", distortions="livefb",
                   fragment_grid=4, fragment_size=8, min_side=32, max_side=0,
-                  fsim_chromatic=True, prefetch=2)
+                  fsim_chromatic=True, prefetch=2, workers=0)
     config.update(fields)
     return ml_collections.ConfigDict(config)
 
@@ -221,7 +222,7 @@ def test_bad_files_are_skipped_with_reasons_and_the_rest_used(odd_folder,
     for name in reasons:
         assert name in caplog.text
     batch = dataset.batch(0, 8)
-    assert np.isfinite(batch["anchor"]).all() and batch["anchor"].max() <= 1
+    assert batch["anchor"].dtype == np.uint8 and batch["anchor"].std() > 10
 
 
 def test_missing_empty_and_unusable_folders_fail_before_any_fsim(tmp_path, fake_fsim):
@@ -277,7 +278,7 @@ def test_predistorted_layout_reads_versions_in_file_name_order(tmp_path, fake_fs
         make_config(path=str(tmp_path), layout="predistorted"), seed=0)
     assert (dataset.num_groups, dataset.num_versions) == (3, 4)
     batch = dataset.batch(0, 3)
-    levels = np.round(batch["anchor"].mean(axis=(2, 3, 4)) * 255)  # (3, 4)
+    levels = batch["anchor"].mean(axis=(2, 3, 4))  # (3, 4)
     assert np.all(levels[:, 0] == 200) and np.all(levels[:, 3] == 50)
     means = levels / 255
     np.testing.assert_allclose(
@@ -321,9 +322,9 @@ def test_batch_shapes_and_ranges(photo_folder, fake_fsim):
     assert batch["anchor"].shape == (3, 9, 32, 32, 3)
     assert batch["augment"].shape == (3, 9, 32, 32, 3)
     assert batch["sim"].shape == (3, 9, 9)
-    for key in batch:
-        assert batch[key].dtype == np.float32
-        assert batch[key].min() >= 0 and batch[key].max() <= 1
+    assert batch["anchor"].dtype == batch["augment"].dtype == np.uint8
+    assert batch["sim"].dtype == np.float32
+    assert batch["sim"].min() >= 0 and batch["sim"].max() <= 1
     # Anchor and augmentation are sampled independently.
     assert not np.array_equal(batch["anchor"], batch["augment"])
 
@@ -387,6 +388,19 @@ def test_iterate_yields_the_same_batches_and_stops_its_thread(photo_folder, fake
     assert threading.active_count() == before
 
 
+def test_worker_processes_yield_the_same_batches_and_stop(photo_folder, fake_fsim):
+    dataset = low_level.create_low_level_dataset(make_config(path=str(photo_folder)),
+                                                 seed=0)
+    iterator = dataset.iterate(3, 50, 2, prefetch=1, workers=2)
+    for expected_step in (3, 4, 5, 6, 7):
+        step, batch = next(iterator)
+        assert step == expected_step
+        assert_batches_equal(batch, dataset.batch(step, 2))
+    assert len(multiprocessing.active_children()) == 2
+    iterator.close()
+    assert not multiprocessing.active_children()
+
+
 def test_iterate_raises_a_batch_error_in_the_consumer(photo_folder, fake_fsim,
                                                       monkeypatch):
     dataset = low_level.create_low_level_dataset(make_config(path=str(photo_folder)),
@@ -434,8 +448,8 @@ def test_real_fsim_soft_labels(photo_folder):
         level2, level4 = [1 + i for i, n in enumerate(names) if n == name]
         assert np.all(sims[:, 0, level4] < sims[:, 0, level2]), name
     # The stored matrix is FSIM of the versions the batches are cut from.
-    _, versions = dataset._usable_versions(2)
-    direct = np.asarray(fsim.fsim_matrix(versions[None]))[0]
+    versions = dataset.versions(2)
+    direct = np.asarray(fsim.fsim_matrix(versions[None] / np.float32(255)))[0]
     np.testing.assert_allclose(sims[2], direct, atol=1e-5)
 
 

@@ -40,7 +40,8 @@ def upsample_to_cover(versions: np.ndarray, side: int) -> np.ndarray:
     """Upsample (V, H, W, C) so that min(H, W) reaches `side`, if it is short.
 
     The scale is 1 / ratio, ratio = min(H / side, W / side); sizes are
-    floor(H / ratio) and floor(W / ratio). Returns the input when it covers.
+    floor(H / ratio) and floor(W / ratio). Returns the input when it covers;
+    uint8 input is resampled in float32 and rounded back to uint8.
     """
     height, width = versions.shape[1:3]
     ratio = min(height / side, width / side)
@@ -49,8 +50,13 @@ def upsample_to_cover(versions: np.ndarray, side: int) -> np.ndarray:
     # The epsilon keeps float rounding from landing a pixel short of `side`.
     new_height = int(math.floor(height / ratio + 1e-6))
     new_width = int(math.floor(width / ratio + 1e-6))
-    rows = _linear_resize_axis(versions, 1, new_height, ratio)
-    return _linear_resize_axis(rows, 2, new_width, ratio)
+    values = (versions.astype(np.float32) if versions.dtype == np.uint8
+              else versions)
+    rows = _linear_resize_axis(values, 1, new_height, ratio)
+    resized = _linear_resize_axis(rows, 2, new_width, ratio)
+    if versions.dtype == np.uint8:
+        return (np.clip(resized, 0, 255) + 0.5).astype(np.uint8)
+    return resized
 
 
 def _axis_origins(length: int, grid: int, patch: int,
@@ -107,7 +113,7 @@ def fragment_views(versions: np.ndarray, *, grid: int, patch: int,
     """One aligned fragment view of every version of a group.
 
     Args:
-        versions: (V, H, W, C) float, all the same size.
+        versions: (V, H, W, C) float or uint8, all the same size.
         grid, patch: cells per side and patch side in px.
         rng: draws the per-cell offsets, shared by all versions.
 

@@ -53,6 +53,17 @@ def pixels_to_rgb(pixels: np.ndarray) -> np.ndarray:
     return pixels.astype(np.float32) / 255
 
 
+def to_uint8(pixels: np.ndarray) -> np.ndarray:
+    """Float pixels in [0, 1] -> uint8, rounded to the nearest of 256 levels.
+
+    Raises UnusableImageError on NaN or infinite values rather than casting
+    them to arbitrary levels.
+    """
+    if not np.isfinite(pixels).all():
+        raise UnusableImageError("pixels are not finite")
+    return (np.clip(pixels, 0, 1) * 255 + 0.5).astype(np.uint8)
+
+
 def pil_to_rgb(image: Image.Image) -> np.ndarray:
     """A decoded Pillow image -> (H, W, 3) float32 in [0, 1]."""
     mode = image.mode

@@ -7,6 +7,11 @@ sub-folder of versions in the original repository's pre-distorted layout
 (layout "predistorted": files in file-name order, as the original reads them).
 With `data.path` empty the groups come from the embedded corpus.
 
+Versions are 8-bit images, as if read from the files of the original's
+pre-distorted layout: distortions run in float and their output is rounded to
+uint8, so the memory, the worker processes' traffic and the device transfer
+are a quarter of float32's. The model sees pixels / 255.
+
 Soft labels are the (V, V) FSIM matrices of each group's full-resolution
 versions (`fsim.fsim_matrix`). They depend only on the group, so they are
 computed once, up front when the dataset is created (which also validates
@@ -53,7 +58,7 @@ LAYOUTS = ("pristine", "predistorted")
 # Independent random streams under one seed: np.random.default_rng([seed, STREAM, ...]).
 _VERSIONS_STREAM, _ORDER_STREAM, _VIEWS_STREAM = 0, 1, 2
 # Part of the cache's name: bump when reading or distortion code changes pixels.
-_CACHE_FORMAT = 1
+_CACHE_FORMAT = 2
 _CACHE_SAVE_EVERY = 256  # new matrices between writes, so a crash loses little
 _PROGRESS_EVERY_S = 10.0
 _DECODED_BUDGET_BYTES = 256 << 20
@@ -64,7 +69,7 @@ class _Group:
     """A group before it is read."""
     label: str  # Names it in logs and in `skipped`.
     fingerprint: str  # Changes whenever its pixels would.
-    build: Callable[[int], np.ndarray]  # index -> (V, H, W, 3) float32 in [0, 1]
+    build: Callable[[int], np.ndarray]  # index -> (V, H, W, 3) uint8
 
 
 # Group builders ---------------------------------------------------------------
@@ -72,7 +77,7 @@ class _Group:
 def _distorted_versions(read: Callable[[], np.ndarray], set_name: str,
                         seed: int, index: int) -> np.ndarray:
     rng = np.random.default_rng([seed, _VERSIONS_STREAM, index])
-    return distortions.make_versions(read(), set_name, rng)
+    return images.to_uint8(distortions.make_versions(read(), set_name, rng))
 
 
 def _embedded_image(name: str, *, min_side: int, max_side: int) -> np.ndarray:
@@ -82,7 +87,8 @@ def _embedded_image(name: str, *, min_side: int, max_side: int) -> np.ndarray:
 
 def _version_files(paths: tuple[Path, ...], min_side: int, max_side: int,
                    index: int) -> np.ndarray:
-    """The pre-distorted versions of one group, stacked in file-name order."""
+    """The pre-distorted versions of one group, stacked in file-name order
+    (files of more than 8 bits a channel are rounded to 8)."""
     versions = []
     for path in paths:
         try:
@@ -95,7 +101,7 @@ def _version_files(paths: tuple[Path, ...], min_side: int, max_side: int,
                 f"versions differ in size: {path.name} is "
                 f"{versions[-1].shape[1]}x{versions[-1].shape[0]}, "
                 f"{paths[0].name} {versions[0].shape[1]}x{versions[0].shape[0]}")
-    return np.stack(versions)
+    return images.to_uint8(np.stack(versions))
 
 
 def _file_fingerprint(path: Path, root: Path) -> str:
@@ -222,7 +228,9 @@ def _jitted(function: Callable) -> Callable:
 
 
 def _soft_labels(versions: np.ndarray, label: str, chromatic: bool) -> np.ndarray:
-    """(V, H, W, 3) versions -> (V, V) float32 FSIM; UnusableImageError if garbage."""
+    """(V, H, W, 3) uint8 versions -> (V, V) float32 FSIM; UnusableImageError
+    if too small."""
+    versions = versions.astype(np.float32) / 255
     try:
         fsim.check_images(versions, data_range=1.0, name=label)
         matrix = _jitted(fsim.fsim_matrix)(versions[None], data_range=1.0,
@@ -290,6 +298,7 @@ def _check_config(config: ml_collections.ConfigDict, seed: int):
                          f"={config.min_side}, got {config.max_side}")
     if config.prefetch < 0:
         raise ValueError(f"data.prefetch must be >= 0, got {config.prefetch}")
+    stream.resolve_workers(config.workers)
 
 
 def create_low_level_dataset(data_config: ml_collections.ConfigDict, *,
@@ -299,7 +308,7 @@ def create_low_level_dataset(data_config: ml_collections.ConfigDict, *,
 
     Args:
         data_config: fields path, layout, distortions, fragment_grid,
-            fragment_size, min_side, max_side, fsim_chromatic, prefetch.
+            fragment_size, min_side, max_side, fsim_chromatic, prefetch, workers.
         seed: seeds versions, epoch order, fragment positions and flips.
         cache_dir: folder for the FSIM matrices' .npz; None keeps them in memory.
 
@@ -338,6 +347,12 @@ class _DecodedGroups:
             collections.OrderedDict())
         self._bytes = 0
         self._lock = threading.Lock()
+
+    def __getstate__(self):  # A worker process starts with an empty cache.
+        return self._budget
+
+    def __setstate__(self, budget_bytes: int):
+        self.__init__(budget_bytes)
 
     def get(self, key: int, build: Callable[[], np.ndarray]) -> np.ndarray:
         with self._lock:
@@ -387,8 +402,8 @@ class LowLevelDataset:
         groups at global slots step * batch_size + row.
 
         Returns:
-            anchor: (b, V, S, S, 3) float32 in [0, 1], S = grid * patch.
-            augment: (b, V, S, S, 3) float32, resampled and flipped.
+            anchor: (b, V, S, S, 3) uint8, S = grid * patch.
+            augment: (b, V, S, S, 3) uint8, resampled and flipped.
             sim: (b, V, V) float32 FSIM soft labels.
         """
         if step < 0 or batch_size < 1 or not 0 <= process_index < process_count:
@@ -400,27 +415,31 @@ class LowLevelDataset:
         rows = [self._row(step, step * batch_size + row) for row in range(first, last)]
         if not rows:
             side = self._grid * self._patch
-            views = np.zeros((0, self.num_versions, side, side, 3), np.float32)
+            views = np.zeros((0, self.num_versions, side, side, 3), np.uint8)
             return {"anchor": views, "augment": views.copy(),
                     "sim": np.zeros((0,) + self._similarities.shape[1:], np.float32)}
         return {key: np.stack([row[key] for row in rows])
                 for key in ("anchor", "augment", "sim")}
 
     def iterate(self, start_step: int, num_steps: int, batch_size: int, *,
-                prefetch: int = 2, process_index: int = 0,
+                prefetch: int = 2, workers: int = 0, process_index: int = 0,
                 process_count: int = 1) -> Iterator[tuple[int, dict[str, np.ndarray]]]:
         """Yields (step, batch(step)) for num_steps steps from start_step.
 
-        A background thread prepares up to `prefetch` batches ahead (0: none);
-        an error there is raised here, and closing the iterator stops it.
+        Batches are made ahead by a background thread (workers = 0; up to
+        `prefetch`, none with 0) or by `workers` processes; an error there is
+        raised here, and closing the iterator stops them.
         """
         make_batch = functools.partial(self.batch, batch_size=batch_size,
                                        process_index=process_index,
                                        process_count=process_count)
         steps = range(start_step, start_step + num_steps)
-        if prefetch <= 0:
-            return ((step, make_batch(step)) for step in steps)
-        return stream.prefetched(steps, make_batch, prefetch)
+        return stream.make_batches(steps, make_batch, prefetch=prefetch,
+                                   workers=workers)
+
+    def versions(self, group: int) -> np.ndarray:
+        """Group `group`'s (V, H, W, 3) uint8 versions, as batches cut them."""
+        return self._usable_versions(group)[1]
 
     def _row(self, step: int, slot: int) -> dict[str, np.ndarray]:
         epoch, position = divmod(slot, self.num_groups)

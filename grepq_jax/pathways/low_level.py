@@ -73,16 +73,17 @@ def make_model(model_config: ml_collections.ConfigDict):
 def quality_aware_objective(params, batch_stats, batch, *, model, tau):
     """The loss of one batch of groups, and the updated BatchNorm statistics.
 
-    `batch` holds "anchor" and "augment" views, (B, V, H, W, 3) each, and their
-    FSIM matrices "sim", (B, V, V). As in the paper's code the two views go
+    `batch` holds "anchor" and "augment" views, (B, V, H, W, 3) uint8 each,
+    and their FSIM matrices "sim", (B, V, V). As in the paper's code the two views go
     through the network in two passes, each normalised by its own statistics.
     """
 
     def embed(views, stats):
         groups, versions = views.shape[:2]
+        images = views.reshape((groups * versions,) + views.shape[2:])
         out, updates = model.apply(
             {"params": params, "batch_stats": stats},
-            views.reshape((groups * versions,) + views.shape[2:]),
+            images.astype(jnp.float32) / 255,
             train=True,
             mutable=["batch_stats"],
         )
