@@ -46,9 +46,9 @@ import torch  # noqa: E402
 
 from benchmarks import torch_peer  # noqa: E402
 from configs import low_level as low_level_config  # noqa: E402
-from grepq_jax import distortions  # noqa: E402
 from grepq_jax import train  # noqa: E402
 from grepq_jax.data import corpus  # noqa: E402
+from grepq_jax.data import images  # noqa: E402
 from grepq_jax.pathways import low_level  # noqa: E402
 
 
@@ -56,6 +56,14 @@ def parse_args():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--groups", type=int, default=8, help="groups a step")
+    parser.add_argument(
+        "--copies",
+        type=int,
+        default=0,
+        help="train on this many copies of each embedded photograph, "
+        "written as PNG files (0: the embedded corpus itself); copies get "
+        "their own distortions",
+    )
     parser.add_argument("--grid", type=int, default=7)
     parser.add_argument("--patch", type=int, default=32)
     parser.add_argument(
@@ -69,6 +77,13 @@ def parse_args():
         type=int,
         default=2,
         help="DataLoader workers of the original",
+    )
+    parser.add_argument(
+        "--our_workers",
+        type=int,
+        default=0,
+        help="our batch-making processes (0: one thread, -1: a core each "
+        "but one)",
     )
     parser.add_argument(
         "--peer_dtype",
@@ -92,34 +107,38 @@ def parse_args():
     return args
 
 
-def make_config(args):
+def make_config(args, path=""):
     config = low_level_config.get_config("default")
+    config.data.path = path
     config.data.fragment_grid, config.data.fragment_size = args.grid, args.patch
     config.data.max_side = args.max_side
     config.batch_size, config.num_devices = args.groups, 1
     config.data.prefetch = 2
+    config.data.workers = args.our_workers
     return config
 
 
 # The original approach --------------------------------------------------------
 
 
-def write_predistorted(config, folder):
-    """Our versions of each embedded photograph, one folder per group."""
-    for index, name in enumerate(corpus.EMBEDDED_PHOTOGRAPHS):
-        image = corpus.load_embedded_photograph(name)
-        image = low_level.low_level_data.images.fit_size(
-            image, min_side=config.data.min_side, max_side=config.data.max_side
-        )
-        rng = np.random.default_rng([config.seed, 0, index])
-        versions = distortions.make_versions(
-            image, config.data.distortions, rng
-        )
-        group = os.path.join(folder, f"group_{index:02d}")
+def write_pristine(copies, folder):
+    """`copies` PNG files of each embedded photograph."""
+    os.makedirs(folder)
+    for name in corpus.EMBEDDED_PHOTOGRAPHS:
+        pixels = images.to_uint8(corpus.load_embedded_photograph(name))
+        for copy in range(copies):
+            file_name = f"{name.replace(':', '_')}_{copy:03d}.png"
+            Image.fromarray(pixels).save(os.path.join(folder, file_name))
+    return folder
+
+
+def write_predistorted(dataset, folder):
+    """Exactly the versions ours trains on, one folder of PNGs per group."""
+    for index in range(dataset.num_groups):
+        group = os.path.join(folder, f"group_{index:04d}")
         os.makedirs(group)
-        for v, version in enumerate(versions):
-            pixels = np.round(version * 255).astype(np.uint8)
-            Image.fromarray(pixels).save(os.path.join(group, f"{v:02d}.png"))
+        for v, version in enumerate(dataset.versions(index)):
+            Image.fromarray(version).save(os.path.join(group, f"{v:02d}.png"))
     return sorted(os.path.join(folder, g) for g in os.listdir(folder))
 
 
@@ -222,8 +241,8 @@ def run_original(args, folders):
 # grepq_jax --------------------------------------------------------------------
 
 
-def run_ours(args, workdir):
-    config = make_config(args)
+def run_ours(args, workdir, path):
+    config = make_config(args, path)
     start = time.perf_counter()
     pathway = low_level.build(config, workdir)  # scans and computes FSIM once
     setup_seconds = time.perf_counter() - start
@@ -237,7 +256,13 @@ def run_ours(args, workdir):
         pathway.init_variables(jax.random.key(0)), optimizer, replicated
     )
     step_fn = train.make_step_fn(pathway.objective, optimizer, mesh)
-    batches = pathway.dataset.iterate(0, total, args.groups, prefetch=2)
+    batches = pathway.dataset.iterate(
+        0,
+        total,
+        args.groups,
+        prefetch=config.data.prefetch,
+        workers=config.data.workers,
+    )
     epoch_seconds, compile_seconds = [], None
     for epoch in range(args.epochs + 1):  # epoch 0 compiles, untimed
         start = time.perf_counter()
@@ -253,7 +278,7 @@ def run_ours(args, workdir):
         else:
             epoch_seconds.append(elapsed)
     batches.close()
-    return epoch_seconds, compile_seconds, setup_seconds, pathway.num_examples
+    return epoch_seconds, compile_seconds, setup_seconds, pathway.dataset
 
 
 def main():
@@ -268,13 +293,20 @@ def main():
     print(
         f"{args.groups} groups a step, {args.grid}x{args.patch} fragments, "
         f"{args.epochs} timed epochs, original: {args.workers} loader "
-        f"workers, piq in {args.peer_dtype}"
+        f"workers, piq in {args.peer_dtype}; ours: {args.our_workers} "
+        "workers"
     )
     with tempfile.TemporaryDirectory() as tmp:
-        ours, ours_compile, setup, groups = run_ours(args, tmp)
+        path = (
+            write_pristine(args.copies, os.path.join(tmp, "pristine"))
+            if args.copies
+            else ""
+        )
+        ours, ours_compile, setup, dataset = run_ours(args, tmp, path)
         print(f"grepq_jax epochs: {[round(x, 2) for x in ours]} s", flush=True)
+        groups = dataset.num_groups
         folders = write_predistorted(
-            make_config(args), os.path.join(tmp, "predistorted")
+            dataset, os.path.join(tmp, "predistorted")
         )
         theirs, theirs_warmup = run_original(args, folders)
     steady_ours = (

@@ -35,6 +35,9 @@ def get_config(arg: str = "default") -> ml_collections.ConfigDict:
     config.data.max_side = 0  # 0: no limit; else larger images are shrunk
     config.data.crop = "random"  # or "center", as the paper's code
     config.data.prefetch = 2
+    # Batch-making processes (-1: a core each but one); 0 keeps one thread,
+    # enough when the step is slow, as on a CPU.
+    config.data.workers = 0
 
     config.model = ml_collections.ConfigDict()
     # A hub name, a local directory, or "tiny-random" (clip.TINY_RANDOM):
@@ -67,6 +70,7 @@ def get_config(arg: str = "default") -> ml_collections.ConfigDict:
     config.keep_checkpoints = 3
 
     if arg == "paper":
+        config.data.workers = -1
         config.data.crop = "center"
         config.loss.group_size = 4
         config.batch_size = 128

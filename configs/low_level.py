@@ -33,6 +33,9 @@ def get_config(arg: str = "default") -> ml_collections.ConfigDict:
     config.data.max_side = 0  # 0: no limit; else larger images are shrunk
     config.data.fsim_chromatic = True
     config.data.prefetch = 2
+    # Batch-making processes (-1: a core each but one); 0 keeps one thread,
+    # enough when the step is slow, as on a CPU.
+    config.data.workers = 0
 
     config.model = ml_collections.ConfigDict()
     config.model.encoder = "resnet18"  # or "resnet50"
@@ -59,6 +62,7 @@ def get_config(arg: str = "default") -> ml_collections.ConfigDict:
     config.keep_checkpoints = 3
 
     if arg == "paper":
+        config.data.workers = -1
         config.batch_size = 8
         config.checkpoint_every_steps = 500
         config.log_every_steps = 20

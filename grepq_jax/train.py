@@ -317,6 +317,7 @@ def _run_steps(
         total_steps - start,
         config.batch_size,
         prefetch=config.data.prefetch,
+        workers=config.data.workers,
         process_index=jax.process_index(),
         process_count=jax.process_count(),
     )

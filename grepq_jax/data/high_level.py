@@ -104,6 +104,7 @@ def _check_config(config: ml_collections.ConfigDict):
         )
     if config.prefetch < 0:
         raise ValueError(f"data.prefetch must be >= 0, got {config.prefetch}")
+    stream.resolve_workers(config.workers)
 
 
 def create_high_level_dataset(
@@ -117,7 +118,8 @@ def create_high_level_dataset(
     """Finds and validates the reference images; see the module docstring.
 
     Args:
-      data_config: fields path, layout, min_side, max_side, crop, prefetch.
+      data_config: fields path, layout, min_side, max_side, crop, prefetch,
+        workers.
       seed: seeds the epoch order and the crop positions.
       image_size: side of the square crops, CLIP's native input size.
       mean, std: CLIP's per-channel normalisation, for pixels in [0, 1].
@@ -217,10 +219,12 @@ class HighLevelDataset:
         batch_size: int,
         *,
         prefetch: int = 2,
+        workers: int = 0,
         process_index: int = 0,
         process_count: int = 1,
     ) -> Iterator[tuple[int, dict[str, np.ndarray]]]:
-        """Yields (step, batch(step)) for num_steps steps from start_step."""
+        """Yields (step, batch(step)) for num_steps steps from start_step,
+        made ahead as `stream.make_batches` says."""
         make_batch = functools.partial(
             self.batch,
             batch_size=batch_size,
@@ -228,9 +232,9 @@ class HighLevelDataset:
             process_count=process_count,
         )
         steps = range(start_step, start_step + num_steps)
-        if prefetch <= 0:
-            return ((step, make_batch(step)) for step in steps)
-        return stream.prefetched(steps, make_batch, prefetch)
+        return stream.make_batches(
+            steps, make_batch, prefetch=prefetch, workers=workers
+        )
 
     def _crop(self, step: int, slot: int) -> np.ndarray:
         epoch, position = divmod(slot, self.num_images)

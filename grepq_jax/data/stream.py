@@ -2,10 +2,16 @@
 
 A stream is a pure function of (seed, step): epoch e visits the examples in a
 permutation seeded by (seed, e), so a resumed run sees exactly the batches an
-uninterrupted one would.
+uninterrupted one would, and any number of worker processes can make its
+batches independently: `make_batches` hands steps to a thread or to a pool
+of processes and yields the batches in step order either way.
 """
 
+import collections
+from concurrent import futures
 import functools
+import multiprocessing
+import os
 import queue
 import threading
 from typing import Callable, Iterator, Sequence
@@ -66,3 +72,75 @@ def prefetched(
     finally:
         stop.set()
         worker.join(timeout=10)
+
+
+# Each worker holds its own Python, NumPy and decoded-image cache (~200 MB).
+_MAX_AUTO_WORKERS = 32
+
+
+def resolve_workers(workers: int) -> int:
+    """data.workers as a process count: -1 is one per usable core but one
+    (at most 32; name a number for more)."""
+    if workers < -1:
+        raise ValueError(f"data.workers must be -1 (auto), 0 (a thread) or a "
+                         f"process count, got {workers}")
+    if workers == -1:
+        cores = len(os.sched_getaffinity(0))
+        return min(max(cores - 1, 1), _MAX_AUTO_WORKERS)
+    return workers
+
+
+def make_batches(steps: range, make_batch: Callable[[int], dict], *,
+                 prefetch: int, workers: int = 0
+                 ) -> Iterator[tuple[int, dict]]:
+    """(step, make_batch(step)) for each step, in order.
+
+    workers = 0: made by a background thread, up to `prefetch` ahead (none
+    with prefetch = 0). workers > 0 (-1: `resolve_workers`): made by that
+    many worker processes,
+    up to max(prefetch, 2 * workers) ahead, so the host's cores keep an
+    accelerator fed. `make_batch` must then pickle; each worker receives it
+    once.
+    """
+    workers = resolve_workers(workers)
+    if workers > 0:
+        return _in_processes(steps, make_batch, max(prefetch, 2 * workers),
+                             workers)
+    if prefetch <= 0:
+        return ((step, make_batch(step)) for step in steps)
+    return prefetched(steps, make_batch, prefetch)
+
+
+_worker_make_batch: Callable[[int], dict] | None = None
+
+
+def _install(make_batch: Callable[[int], dict]):
+    global _worker_make_batch
+    _worker_make_batch = make_batch
+
+
+def _make_in_worker(step: int) -> dict:
+    return _worker_make_batch(step)
+
+
+def _in_processes(steps: range, make_batch: Callable[[int], dict],
+                  depth: int, workers: int) -> Iterator[tuple[int, dict]]:
+    # Spawned, not forked: forking a process that runs JAX's threads can
+    # deadlock the child.
+    pool = futures.ProcessPoolExecutor(
+        workers, mp_context=multiprocessing.get_context("spawn"),
+        initializer=_install, initargs=(make_batch,))
+    pending: collections.deque = collections.deque()
+    upcoming = iter(steps)
+    try:
+        while True:
+            while len(pending) < depth and (step := next(upcoming, None)) is not None:
+                pending.append((step, pool.submit(_make_in_worker, step)))
+            if not pending:
+                return
+            step, batch = pending.popleft()
+            yield step, batch.result()
+    finally:
+        for _, batch in pending:
+            batch.cancel()
+        pool.shutdown(wait=True, cancel_futures=True)
