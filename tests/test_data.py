@@ -208,11 +208,12 @@ def test_transparent_pixels_composite_over_white(tmp_path):
     np.testing.assert_allclose(image[3, 3], [1, 1, 1], atol=1e-6)
 
 
-def test_bad_files_are_skipped_with_reasons_and_the_rest_used(odd_folder,
+@pytest.mark.parametrize("workers", [0, 2])
+def test_bad_files_are_skipped_with_reasons_and_the_rest_used(odd_folder, workers,
                                                               fake_fsim, caplog):
     with caplog.at_level(logging.WARNING):
         dataset = low_level.create_low_level_dataset(
-            make_config(path=str(odd_folder)), seed=0)
+            make_config(path=str(odd_folder), workers=workers), seed=0)
     reasons = {path.split("/")[-1]: reason for path, reason in dataset.skipped}
     assert sorted(reasons) == ["text.jpg", "tiny.png", "truncated.jpg", "zero.jpg"]
     assert "min_side=32" in reasons["tiny.png"]
@@ -223,6 +224,10 @@ def test_bad_files_are_skipped_with_reasons_and_the_rest_used(odd_folder,
         assert name in caplog.text
     batch = dataset.batch(0, 8)
     assert batch["anchor"].dtype == np.uint8 and batch["anchor"].std() > 10
+    if workers:  # Versions built in worker processes are the same versions.
+        serial = low_level.create_low_level_dataset(make_config(path=str(odd_folder)),
+                                                    seed=0)
+        assert_batches_equal(batch, serial.batch(0, 8))
 
 
 def test_missing_empty_and_unusable_folders_fail_before_any_fsim(tmp_path, fake_fsim):

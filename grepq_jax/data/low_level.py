@@ -2,10 +2,10 @@
 
 A group is one pristine image and its distorted versions, V in all with the
 reference first (layout "pristine": `distortions.make_versions`, seeded by
-(seed, group index) so the versions never depend on run history), or one
-sub-folder of versions in the original repository's pre-distorted layout
-(layout "predistorted": files in file-name order, as the original reads them).
-With `data.path` empty the groups come from the embedded corpus.
+(seed, the image's place among the files found) so the versions never depend
+on run history), or one sub-folder of versions in the original repository's
+pre-distorted layout (layout "predistorted": files in file-name order, as the
+original reads them). With `data.path` empty the groups come from the embedded corpus.
 
 Versions are 8-bit images, as if read from the files of the original's
 pre-distorted layout: distortions run in float and their output is rounded to
@@ -31,6 +31,7 @@ is a permutation of the groups seeded by (seed, e); fragment positions and
 flips are seeded by (seed, step, slot). A process returns only its rows.
 """
 import collections
+import contextlib
 import dataclasses
 import functools
 import hashlib
@@ -69,7 +70,7 @@ class _Group:
     """A group before it is read."""
     label: str  # Names it in logs and in `skipped`.
     fingerprint: str  # Changes whenever its pixels would.
-    build: Callable[[int], np.ndarray]  # index -> (V, H, W, 3) uint8
+    build: Callable[[], np.ndarray]  # -> (V, H, W, 3) uint8
 
 
 # Group builders ---------------------------------------------------------------
@@ -85,8 +86,8 @@ def _embedded_image(name: str, *, min_side: int, max_side: int) -> np.ndarray:
                            min_side=min_side, max_side=max_side)
 
 
-def _version_files(paths: tuple[Path, ...], min_side: int, max_side: int,
-                   index: int) -> np.ndarray:
+def _version_files(paths: tuple[Path, ...], min_side: int,
+                   max_side: int) -> np.ndarray:
     """The pre-distorted versions of one group, stacked in file-name order
     (files of more than 8 bits a channel are rounded to 8)."""
     versions = []
@@ -127,8 +128,8 @@ def _pristine_groups(config: ml_collections.ConfigDict, seed: int) -> list[_Grou
                    for name in corpus.EMBEDDED_PHOTOGRAPHS]
     return [_Group(label, fingerprint,
                    functools.partial(_distorted_versions, read,
-                                     config.distortions, seed))
-            for label, fingerprint, read in sources]
+                                     config.distortions, seed, index))
+            for index, (label, fingerprint, read) in enumerate(sources)]
 
 
 def _predistorted_groups(config: ml_collections.ConfigDict
@@ -243,35 +244,53 @@ def _soft_labels(versions: np.ndarray, label: str, chromatic: bool) -> np.ndarra
     return matrix
 
 
+def _build_or_reason(group: _Group) -> tuple[np.ndarray | None, str | None]:
+    """(versions, None), or (None, why the group is unusable)."""
+    try:
+        return group.build(), None
+    except images.UnusableImageError as error:
+        return None, str(error)
+
+
 def _label_groups(groups: list[_Group], config: ml_collections.ConfigDict,
                   cache: _LabelCache
                   ) -> tuple[list[_Group], list[np.ndarray], list[tuple[str, str]]]:
     """Validates every group and finds its FSIM matrix, cached or computed.
 
-    Returns the usable groups, their (V, V) matrices and the skipped
-    (label, reason) pairs. A cached group is not decoded again: its key holds
-    its files' sizes and modification times.
+    Versions are built by config.workers processes (0: here), FSIM runs here,
+    on the accelerator. Returns the usable groups, their (V, V) matrices and
+    the skipped (label, reason) pairs. A cached group is not decoded again:
+    its key holds its files' sizes and modification times.
     """
+    keys = [f"{index}|{group.fingerprint}" for index, group in enumerate(groups)]
+    built = stream.ordered_map(
+        _build_or_reason,
+        [group for group, key in zip(groups, keys) if cache.get(key) is None],
+        workers=config.workers)
     usable, matrices, skipped = [], [], []
     started = last_log = time.monotonic()
-    for done, group in enumerate(groups, start=1):
-        key = f"{len(usable)}|{group.fingerprint}"
-        matrix = cache.get(key)
-        if matrix is None:
-            try:
-                matrix = _soft_labels(group.build(len(usable)), group.label,
-                                      config.fsim_chromatic)
-            except images.UnusableImageError as error:
-                logging.warning("Skipping %s: %s", group.label, error)
-                skipped.append((group.label, str(error)))
-                continue
-            cache.put(key, matrix)
-        usable.append(group)
-        matrices.append(matrix)
-        if time.monotonic() - last_log > _PROGRESS_EVERY_S or done == len(groups):
-            last_log = time.monotonic()
-            logging.info("FSIM soft labels: %d/%d groups read, %d skipped, %.0f s.",
-                         done, len(groups), len(skipped), last_log - started)
+    with contextlib.closing(built):
+        for done, (group, key) in enumerate(zip(groups, keys), start=1):
+            matrix = cache.get(key)
+            if matrix is None:
+                versions, reason = next(built)
+                if reason is None:
+                    try:
+                        matrix = _soft_labels(versions, group.label,
+                                              config.fsim_chromatic)
+                    except images.UnusableImageError as error:
+                        reason = str(error)
+                if reason is not None:
+                    logging.warning("Skipping %s: %s", group.label, reason)
+                    skipped.append((group.label, reason))
+                    continue
+                cache.put(key, matrix)
+            usable.append(group)
+            matrices.append(matrix)
+            if time.monotonic() - last_log > _PROGRESS_EVERY_S or done == len(groups):
+                last_log = time.monotonic()
+                logging.info("FSIM soft labels: %d/%d groups read, %d skipped, %.0f s.",
+                             done, len(groups), len(skipped), last_log - started)
     cache.save()
     return usable, matrices, skipped
 
@@ -459,8 +478,7 @@ class LowLevelDataset:
             index = (group + attempt) % self.num_groups
             source = self._groups[index]
             try:
-                return index, self._decoded.get(
-                    index, functools.partial(source.build, index))
+                return index, self._decoded.get(index, source.build)
             except images.UnusableImageError as error:
                 logging.warning("%s became unusable after the scan (%s); using "
                                 "the next group instead.", source.label, error)

@@ -10,11 +10,12 @@ of processes and yields the batches in step order either way.
 import collections
 from concurrent import futures
 import functools
+import itertools
 import multiprocessing
 import os
 import queue
 import threading
-from typing import Callable, Iterator, Sequence
+from typing import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
@@ -97,10 +98,9 @@ def make_batches(steps: range, make_batch: Callable[[int], dict], *,
 
     workers = 0: made by a background thread, up to `prefetch` ahead (none
     with prefetch = 0). workers > 0 (-1: `resolve_workers`): made by that
-    many worker processes,
-    up to max(prefetch, 2 * workers) ahead, so the host's cores keep an
-    accelerator fed. `make_batch` must then pickle; each worker receives it
-    once.
+    many worker processes, up to max(prefetch, 2 * workers) ahead, so the
+    host's cores keep an accelerator fed. `make_batch` must then pickle; each
+    worker receives it once.
     """
     workers = resolve_workers(workers)
     if workers > 0:
@@ -109,6 +109,40 @@ def make_batches(steps: range, make_batch: Callable[[int], dict], *,
     if prefetch <= 0:
         return ((step, make_batch(step)) for step in steps)
     return prefetched(steps, make_batch, prefetch)
+
+
+def ordered_map(function: Callable, items: Iterable, *, workers: int,
+                depth: int = 0, initializer: Callable | None = None,
+                initargs: tuple = ()) -> Iterator:
+    """function(item) for each item, in order, computed by `workers` processes
+    (0: here, lazily), at most max(depth, 2 * workers) ahead.
+
+    `function`, the items and the results must pickle. An exception raised
+    by `function` is raised here; closing the iterator stops the workers.
+    """
+    workers = resolve_workers(workers)
+    if workers == 0:
+        yield from map(function, items)
+        return
+    # Spawned, not forked: forking a process that runs JAX's threads can
+    # deadlock the child.
+    pool = futures.ProcessPoolExecutor(
+        workers, mp_context=multiprocessing.get_context("spawn"),
+        initializer=initializer, initargs=initargs)
+    depth = max(depth, 2 * workers)
+    pending: collections.deque = collections.deque()
+    upcoming = iter(items)
+    try:
+        while True:
+            for item in itertools.islice(upcoming, depth - len(pending)):
+                pending.append(pool.submit(function, item))
+            if not pending:
+                return
+            yield pending.popleft().result()
+    finally:
+        for result in pending:
+            result.cancel()
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 _worker_make_batch: Callable[[int], dict] | None = None
@@ -125,22 +159,9 @@ def _make_in_worker(step: int) -> dict:
 
 def _in_processes(steps: range, make_batch: Callable[[int], dict],
                   depth: int, workers: int) -> Iterator[tuple[int, dict]]:
-    # Spawned, not forked: forking a process that runs JAX's threads can
-    # deadlock the child.
-    pool = futures.ProcessPoolExecutor(
-        workers, mp_context=multiprocessing.get_context("spawn"),
-        initializer=_install, initargs=(make_batch,))
-    pending: collections.deque = collections.deque()
-    upcoming = iter(steps)
+    batches = ordered_map(_make_in_worker, steps, workers=workers, depth=depth,
+                          initializer=_install, initargs=(make_batch,))
     try:
-        while True:
-            while len(pending) < depth and (step := next(upcoming, None)) is not None:
-                pending.append((step, pool.submit(_make_in_worker, step)))
-            if not pending:
-                return
-            step, batch = pending.popleft()
-            yield step, batch.result()
+        yield from zip(steps, batches)
     finally:
-        for _, batch in pending:
-            batch.cancel()
-        pool.shutdown(wait=True, cancel_futures=True)
+        batches.close()
