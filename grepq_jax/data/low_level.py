@@ -16,8 +16,9 @@ Soft labels are the (V, V) FSIM matrices of each group's full-resolution
 versions (`fsim.fsim_matrix`). They depend only on the group, so they are
 computed once, up front when the dataset is created (which also validates
 every file by decoding it fully), with a progress log; they stay in memory
-(V * V float32 a group) and, given a cache_dir, in one .npz that a resumed run
-reads instead of recomputing. The original recomputes V(V-1)/2 FSIMs per group
+(V * V float32 a group) and, given a cache_dir (local or gs://), in one .npz
+that a resumed run reads instead of recomputing; with several processes, each
+labels the groups itself and only process 0 writes the file. The original recomputes V(V-1)/2 FSIMs per group
 every epoch. FSIM compiles once per distinct image shape.
 
 Pixels are not kept: versions are rebuilt whenever a group is used (a small
@@ -35,6 +36,7 @@ import contextlib
 import dataclasses
 import functools
 import hashlib
+import io
 import json
 import os
 import threading
@@ -43,6 +45,7 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from absl import logging
+from etils import epath
 import jax
 import ml_collections
 import numpy as np
@@ -167,11 +170,14 @@ def _predistorted_groups(config: ml_collections.ConfigDict
 # Soft labels ---------------------------------------------------------------------
 
 class _LabelCache:
-    """FSIM matrices by group key: in memory, and in one .npz when given a folder."""
+    """FSIM matrices by group key: in memory, and in one .npz when given a
+    folder (any path etils.epath opens, gs:// included); `writer` False only
+    reads it."""
 
-    def __init__(self, cache_dir: str | None, fingerprint: str):
+    def __init__(self, cache_dir: str | None, fingerprint: str, writer: bool):
         self._path = (None if cache_dir is None else
-                      Path(cache_dir) / f"fsim_labels_{fingerprint}.npz")
+                      epath.Path(cache_dir) / f"fsim_labels_{fingerprint}.npz")
+        self._writer = writer
         self._matrices = self._load()
         self._unsaved = 0
 
@@ -179,7 +185,8 @@ class _LabelCache:
         if self._path is None or not self._path.exists():
             return {}
         try:
-            with np.load(self._path, allow_pickle=False) as stored:
+            stored_bytes = io.BytesIO(self._path.read_bytes())
+            with np.load(stored_bytes, allow_pickle=False) as stored:
                 matrices = dict(zip(stored["keys"].tolist(), stored["matrices"]))
         except Exception as error:  # A torn or foreign file: recompute.
             logging.warning("Ignoring unreadable FSIM cache %s: %s", self._path,
@@ -198,15 +205,16 @@ class _LabelCache:
             self.save()
 
     def save(self):
-        """Writes all matrices atomically (temporary file, then rename)."""
-        if self._path is None or not self._unsaved:
+        """Writes all matrices, whole (temporary file, then rename)."""
+        if self._path is None or not self._writer or not self._unsaved:
             return
         self._path.parent.mkdir(parents=True, exist_ok=True)
+        buffer = io.BytesIO()
+        np.savez(buffer, keys=np.array(list(self._matrices)),
+                 matrices=np.stack(list(self._matrices.values())))
         temporary = self._path.with_name(f".{self._path.name}.{os.getpid()}.tmp")
-        with open(temporary, "wb") as file:
-            np.savez(file, keys=np.array(list(self._matrices)),
-                     matrices=np.stack(list(self._matrices.values())))
-        os.replace(temporary, self._path)
+        temporary.write_bytes(buffer.getvalue())
+        temporary.replace(self._path)
         self._unsaved = 0
 
 
@@ -321,7 +329,8 @@ def _check_config(config: ml_collections.ConfigDict, seed: int):
 
 
 def create_low_level_dataset(data_config: ml_collections.ConfigDict, *,
-                             seed: int, cache_dir: str | None = None
+                             seed: int, cache_dir: str | None = None,
+                             write_cache: bool = True
                              ) -> "LowLevelDataset":
     """Finds, validates and labels every group; see the module docstring.
 
@@ -329,7 +338,10 @@ def create_low_level_dataset(data_config: ml_collections.ConfigDict, *,
         data_config: fields path, layout, distortions, fragment_grid,
             fragment_size, min_side, max_side, fsim_chromatic, prefetch, workers.
         seed: seeds versions, epoch order, fragment positions and flips.
-        cache_dir: folder for the FSIM matrices' .npz; None keeps them in memory.
+        cache_dir: folder (local or gs://) for the FSIM matrices' .npz; None
+            keeps them in memory.
+        write_cache: False reads the .npz but never writes it (all processes
+            but one in a multi-process job).
 
     Raises:
         FileNotFoundError: data_config.path is not a folder.
@@ -348,7 +360,8 @@ def create_low_level_dataset(data_config: ml_collections.ConfigDict, *,
         logging.info("Images with a side over max_side=%d px are downscaled "
                      "(area filter) before distortion, so FSIM and memory stay "
                      "bounded.", data_config.max_side)
-    cache = _LabelCache(cache_dir, _dataset_fingerprint(data_config, seed))
+    cache = _LabelCache(cache_dir, _dataset_fingerprint(data_config, seed),
+                        writer=write_cache)
     usable, matrices, more_skipped = _label_groups(groups, data_config, cache)
     skipped += more_skipped
     if not usable:

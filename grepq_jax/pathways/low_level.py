@@ -20,10 +20,11 @@ def build(config: ml_collections.ConfigDict, workdir: str) -> Pathway:
             f"config.loss.name: the low-level pathway trains with "
             f"'qacl', not {config.loss.name!r}"
         )
-    # The FSIM cache is plain local files; on gs:// it is simply recomputed.
-    cache_dir = None if "://" in workdir else f"{workdir}/fsim_cache"
     dataset = low_level_data.create_low_level_dataset(
-        config.data, seed=config.seed, cache_dir=cache_dir
+        config.data,
+        seed=config.seed,
+        cache_dir=f"{workdir}/fsim_cache",
+        write_cache=jax.process_index() == 0,
     )
     if dataset.skipped:
         logging.warning(
