@@ -1,7 +1,11 @@
 """Tests of the low-level input pipeline: files, fragments, soft labels, batches."""
 import logging
 import multiprocessing
+import signal
+import subprocess
+import sys
 import threading
+import time
 
 import jax
 import jax.numpy as jnp
@@ -406,6 +410,41 @@ def test_worker_processes_yield_the_same_batches_and_stop(photo_folder, fake_fsi
     assert not multiprocessing.active_children()
 
 
+_TRAINER_WITH_WORKERS = """
+import functools, multiprocessing, os, signal, sys
+from grepq_jax.data import stream
+signal.signal(signal.SIGTERM, lambda *_: None)  # As the trainer: finish, save.
+batches = stream.make_batches(range(100), functools.partial(pow, 2),
+                              prefetch=1, workers=2)
+assert next(batches) == (0, 1)
+os.killpg(os.getpgid(0), signal.SIGTERM)  # Say, a scheduler's preemption.
+assert [next(batches) for _ in range(3)] == [(1, 2), (2, 4), (3, 8)]
+print(*(child.pid for child in multiprocessing.active_children()), flush=True)
+os.kill(os.getpid(), signal.SIGKILL)  # Dies without closing the pool.
+"""
+
+
+def _running(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().split(")")[-1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def test_workers_ignore_the_trainers_signals_but_not_its_death():
+    done = subprocess.run([sys.executable, "-c", _TRAINER_WITH_WORKERS],
+                          capture_output=True, text=True, timeout=120,
+                          start_new_session=True)
+    assert done.returncode == -signal.SIGKILL, done.stderr
+    workers = [int(pid) for pid in done.stdout.split()]
+    assert len(workers) == 2
+    deadline = time.monotonic() + 20
+    while any(map(_running, workers)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not any(map(_running, workers))
+
+
 def test_iterate_raises_a_batch_error_in_the_consumer(photo_folder, fake_fsim,
                                                       monkeypatch):
     dataset = low_level.create_low_level_dataset(make_config(path=str(photo_folder)),
@@ -435,6 +474,20 @@ def test_soft_labels_are_computed_once_and_persisted(photo_folder, fake_fsim, tm
     assert_batches_equal(resumed.batch(4, 3), dataset.batch(4, 3))
     low_level.create_low_level_dataset(config, seed=1, cache_dir=cache)
     assert fake_fsim.checks == 10  # Other seed, other versions: recomputed.
+
+
+def test_only_the_writing_process_stores_the_label_cache(photo_folder, fake_fsim,
+                                                         tmp_path):
+    config, cache = make_config(path=str(photo_folder)), tmp_path / "cache"
+    low_level.create_low_level_dataset(config, seed=0, cache_dir=str(cache),
+                                       write_cache=False)
+    assert not cache.exists()
+    low_level.create_low_level_dataset(config, seed=0, cache_dir=str(cache))
+    assert [path.suffix for path in cache.iterdir()] == [".npz"]
+    checks = fake_fsim.checks
+    low_level.create_low_level_dataset(config, seed=0, cache_dir=str(cache),
+                                       write_cache=False)
+    assert fake_fsim.checks == checks  # Every process reads what process 0 wrote.
 
 
 def test_real_fsim_soft_labels(photo_folder):

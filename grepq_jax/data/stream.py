@@ -15,6 +15,7 @@ import multiprocessing
 import os
 import queue
 import threading
+import time
 from typing import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
@@ -104,8 +105,7 @@ def make_batches(steps: range, make_batch: Callable[[int], dict], *,
     """
     workers = resolve_workers(workers)
     if workers > 0:
-        return _in_processes(steps, make_batch, max(prefetch, 2 * workers),
-                             workers)
+        return _in_processes(steps, make_batch, prefetch, workers)
     if prefetch <= 0:
         return ((step, make_batch(step)) for step in steps)
     return prefetched(steps, make_batch, prefetch)
@@ -128,7 +128,7 @@ def ordered_map(function: Callable, items: Iterable, *, workers: int,
     # deadlock the child.
     pool = futures.ProcessPoolExecutor(
         workers, mp_context=multiprocessing.get_context("spawn"),
-        initializer=initializer, initargs=initargs)
+        initializer=_start_worker, initargs=(os.getpid(), initializer, initargs))
     depth = max(depth, 2 * workers)
     pending: collections.deque = collections.deque()
     upcoming = iter(items)
@@ -143,6 +143,26 @@ def ordered_map(function: Callable, items: Iterable, *, workers: int,
         for result in pending:
             result.cancel()
         pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _start_worker(parent: int, initializer: Callable | None, initargs: tuple):
+    """Detaches a worker from the trainer's signals, but not from its life.
+
+    In a session of its own, a worker does not receive the SIGINT or SIGTERM
+    sent to the trainer's process group (Ctrl-C, `timeout`, a scheduler), so
+    the trainer can finish its step and save; the trainer's exit closes the
+    pool. A thread ends the worker if the trainer dies without closing it.
+    """
+    os.setsid()
+
+    def exit_with_parent():
+        while os.getppid() == parent:
+            time.sleep(1)
+        os._exit(1)
+
+    threading.Thread(target=exit_with_parent, daemon=True).start()
+    if initializer is not None:
+        initializer(*initargs)
 
 
 _worker_make_batch: Callable[[int], dict] | None = None
