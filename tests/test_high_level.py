@@ -47,6 +47,12 @@ def test_crops_are_normalised_deterministic_and_cover_small_images(tmp_path):
         for i in (0, 1)
     ]
     np.testing.assert_array_equal(np.concatenate(halves), batch)
+    # Worker processes make the same batches.
+    made = dataset.iterate(3, 2, 4, workers=2)
+    for step, made_batch in made:
+        np.testing.assert_array_equal(
+            made_batch["image"], dataset.batch(step, 4)["image"]
+        )
 
 
 def test_predistorted_layout_reads_the_ref_file(tmp_path):

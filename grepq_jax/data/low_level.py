@@ -5,7 +5,8 @@ reference first (layout "pristine": `distortions.make_versions`, seeded by
 (seed, the image's place among the files found) so the versions never depend
 on run history), or one sub-folder of versions in the original repository's
 pre-distorted layout (layout "predistorted": files in file-name order, as the
-original reads them). With `data.path` empty the groups come from the embedded corpus.
+original reads them). With `data.path` empty the groups come from the
+embedded corpus.
 
 Versions are 8-bit images, as if read from the files of the original's
 pre-distorted layout: distortions run in float and their output is rounded to
@@ -18,8 +19,9 @@ computed once, up front when the dataset is created (which also validates
 every file by decoding it fully), with a progress log; they stay in memory
 (V * V float32 a group) and, given a cache_dir (local or gs://), in one .npz
 that a resumed run reads instead of recomputing; with several processes, each
-labels the groups itself and only process 0 writes the file. The original recomputes V(V-1)/2 FSIMs per group
-every epoch. FSIM compiles once per distinct image shape.
+labels the groups itself and only process 0 writes the file. The original
+recomputes V(V-1)/2 FSIMs per group every epoch. FSIM compiles once per
+distinct image shape.
 
 Pixels are not kept: versions are rebuilt whenever a group is used (a small
 LRU keeps the last few), so memory stays bounded on large folders. Views are
@@ -475,8 +477,9 @@ class LowLevelDataset:
 
     def _row(self, step: int, slot: int) -> dict[str, np.ndarray]:
         epoch, position = divmod(slot, self.num_groups)
-        group, versions = self._usable_versions(
-            int(stream.epoch_order([self._seed, _ORDER_STREAM], epoch, self.num_groups)[position]))
+        order = stream.epoch_order([self._seed, _ORDER_STREAM], epoch,
+                                   self.num_groups)
+        group, versions = self._usable_versions(int(order[position]))
         rng = np.random.default_rng([self._seed, _VIEWS_STREAM, step, slot])
         views = functools.partial(fragments.fragment_views, versions,
                                   grid=self._grid, patch=self._patch, rng=rng)
