@@ -10,12 +10,14 @@ loader here gets the same versions ours generates, written to disk as PNG.
 
 grepq_jax runs its own pipeline: pristine images, seeded distortions, FSIM
 matrices from `grepq_jax.fsim` computed once per group when the dataset is
-built (then reused every epoch), fragments in a prefetch thread, and the
-trainer's jitted `train_step`. Checkpointing and logging are left out on both
+built (then reused every epoch), fragments in a prefetch thread or in
+`--our_workers` processes, and the trainer's jitted `train_step`. Checkpointing and logging are left out on both
 sides (the original saves a checkpoint every iteration).
 
 Both train E epochs over the same corpus (the embedded sample photographs by
-default) with the same batch of groups. Reported: the steady rate (epochs 2..E:
+default; `--copies=N` writes N copies of each as PNG files, each copy with
+its own distortions, for a corpus of several batches) with the same batch of
+groups. Reported: the steady rate (epochs 2..E:
 the original recomputes FSIM, ours reads its matrices), and the rate over all
 E epochs including our one-time FSIM pass (compile time excluded on both
 sides and reported apart).
@@ -24,6 +26,9 @@ sides and reported apart).
   GLIBC_TUNABLES=glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=1000000000000 \\
     python benchmarks/bench_end_to_end.py --epochs=3    # the peer at its best
   python benchmarks/bench_end_to_end.py --quick          # smoke run
+  # One GPU and a 16-core host, as in benchmarks/README.md:
+  python benchmarks/bench_end_to_end.py --epochs=2 --copies=16 --workers=15 \
+    --our_workers=15 --torch_device=cuda
 
 Needs torch, torchvision and piq (benchmark-only dependencies).
 """
