@@ -72,6 +72,14 @@ class _OurInfoOnly(std_logging.Filter):
         )
 
 
+def keep_compiled_programs(workdir: str):
+    """Persists compiled programs in WORKDIR/compile_cache, so that a restart
+    (preemption, a crash) skips compiling the step and FSIM again; unless a
+    cache is configured already (JAX_COMPILATION_CACHE_DIR)."""
+    if not jax.config.jax_compilation_cache_dir:
+        jax.config.update("jax_compilation_cache_dir", f"{workdir}/compile_cache")
+
+
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
@@ -84,6 +92,7 @@ def main(argv):
     )
     if jax.process_index() > 0:
         logging.set_verbosity(logging.WARNING)  # process 0 speaks for all
+    keep_compiled_programs(_WORKDIR.value)
     train.train_and_evaluate(flags.FLAGS.config, _WORKDIR.value)
 
 

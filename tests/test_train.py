@@ -102,3 +102,17 @@ def test_missing_folder_fails_before_compiling(tmp_path):
     config = tiny_config(tmp_path / "nowhere")
     with pytest.raises((FileNotFoundError, ValueError), match="nowhere"):
         train.train_and_evaluate(config, str(tmp_path / "work"))
+
+
+def test_main_keeps_compiled_programs_in_the_workdir(tmp_path):
+    from grepq_jax import main
+
+    configured = jax.config.jax_compilation_cache_dir  # the suite's, conftest.py
+    try:
+        main.keep_compiled_programs(str(tmp_path))
+        assert jax.config.jax_compilation_cache_dir == configured  # it wins
+        jax.config.update("jax_compilation_cache_dir", None)
+        main.keep_compiled_programs(str(tmp_path))
+        assert jax.config.jax_compilation_cache_dir == f"{tmp_path}/compile_cache"
+    finally:
+        jax.config.update("jax_compilation_cache_dir", configured)
