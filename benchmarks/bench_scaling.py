@@ -130,14 +130,7 @@ def make_step(config, mesh):
         jax.random.key(0), np.zeros((1, side, side, 3), np.float32), train=False
     )
     state = train.create_train_state(variables, optimizer, replicated)
-    step_fn = jax.jit(
-        functools.partial(
-            train.train_step, objective=objective, optimizer=optimizer
-        ),
-        in_shardings=(replicated, batch_sharding),
-        out_shardings=(replicated, replicated),
-        donate_argnums=0,
-    )
+    step_fn = train.make_step_fn(objective, optimizer, mesh, xla_defaults=True)
     return step_fn, state, batch_sharding
 
 

@@ -150,13 +150,8 @@ class JaxSide:
         )
         self.state = train.create_train_state(weights, optimizer, replicated)
         self.batch = train.global_batch(batch, batch_sharding)
-        step_fn = jax.jit(
-            functools.partial(
-                train.train_step, objective=objective, optimizer=optimizer
-            ),
-            in_shardings=(replicated, batch_sharding),
-            out_shardings=(replicated, replicated),
-            donate_argnums=0,
+        step_fn = train.make_step_fn(
+            objective, optimizer, mesh, xla_defaults=True
         )
         start = time.perf_counter()
         self.compiled = step_fn.lower(self.state, self.batch).compile(

@@ -178,9 +178,11 @@ def _replicate(tree, replicated: NamedSharding):
 
 
 def make_step_fn(objective, optimizer: optax.GradientTransformation,
-                 mesh: jax.sharding.Mesh):
+                 mesh: jax.sharding.Mesh, *, xla_defaults: bool = False):
     """`train_step` compiled for `mesh`: state replicated, batch sharded on
-    `data`, the old state donated. The trainer and the benchmarks share it."""
+    `data`, the old state donated. The trainer and the benchmarks share it;
+    `xla_defaults` leaves out `step_compiler_options()`, for the benchmarks
+    that measure XLA's own choices."""
     replicated = NamedSharding(mesh, P())
     return jax.jit(
         functools.partial(train_step, objective=objective,
@@ -188,7 +190,7 @@ def make_step_fn(objective, optimizer: optax.GradientTransformation,
         in_shardings=(replicated, NamedSharding(mesh, P("data"))),
         out_shardings=(replicated, replicated),
         donate_argnums=0,
-        compiler_options=step_compiler_options(),
+        compiler_options=None if xla_defaults else step_compiler_options(),
     )
 
 
