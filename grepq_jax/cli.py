@@ -1,16 +1,26 @@
-"""Command-line plumbing shared by the entry points export, score and evaluate.
+"""Command-line plumbing shared by the entry points, and the `grepq` command.
 
-Each entry point defines its flags on its own `flags.FlagValues`, not on the
-global `flags.FLAGS`: they share names (--model, --out), and importing one as
-a library (`grepq_jax.create_scorer`) must not add flags to the caller's
-program. `run` is `app.run` for such a flag set; `parse` lets tests call an
-entry point's `main` in-process.
+    grepq train --config=configs/low_level.py --workdir=runs/low_level
+    grepq export --low_level=runs/low_level/export --out=models/grepq
+    grepq score --model=models/grepq photos/
+    grepq evaluate --model=models/grepq --dataset=csv --root=DIR --out=results
+
+`grepq COMMAND ...` is `python -m grepq_jax.COMMAND ...` (train is
+grepq_jax.main); both forms stay.
+
+Each entry point but training defines its flags on its own
+`flags.FlagValues`, not on the global `flags.FLAGS`: they share names
+(--model, --out), and importing one as a library (`grepq_jax.create_scorer`)
+must not add flags to the caller's program. `run` is `app.run` for such a
+flag set; `parse` lets tests call an entry point's `main` in-process.
 
 Run as commands, the entry points set USE_TORCH=0 (unless it is set) before
 anything imports transformers: they use only its Flax CLIP layers, and
 transformers would otherwise import PyTorch, where installed, for nothing
 (about 4 s and 0.7 GB of memory). Imported as libraries, they leave it be.
 """
+import importlib
+import os
 import sys
 from collections.abc import Callable, Sequence
 
@@ -19,16 +29,26 @@ from absl import flags
 
 _HELP = ("-h", "--help", "-help", "--helpfull")
 
+# `grepq NAME` runs the module's `run_command()`.
+COMMANDS = {
+    "train": "grepq_jax.main",
+    "export": "grepq_jax.export",
+    "score": "grepq_jax.score",
+    "evaluate": "grepq_jax.evaluate",
+}
 
-def parse(flag_values: flags.FlagValues, argv: Sequence[str]) -> list[str]:
+
+def parse(flag_values: flags.FlagValues, argv: Sequence[str],
+          usage: str = "") -> list[str]:
     """Parses argv (argv[0] the program) into `flag_values`, from its defaults.
 
     Returns [argv[0], positional arguments...], as app.run's main expects.
-    --help prints the flags and exits 0; a bad flag exits 2 with the message.
+    --help prints `usage` and the flags and exits 0; a bad flag exits 2 with
+    the message.
     """
     argv = list(argv)
     if any(arg in _HELP for arg in argv[1:]):
-        print(f"usage: {argv[0]} [flags]\n\n{flag_values.get_help()}")
+        print(f"{usage or f'usage: {argv[0]} [flags]'}\n\n{flag_values.get_help()}")
         sys.exit(0)
     flag_values.unparse_flags()
     try:
@@ -38,7 +58,61 @@ def parse(flag_values: flags.FlagValues, argv: Sequence[str]) -> list[str]:
         sys.exit(2)
 
 
-def run(main: Callable[[list[str]], int], flag_values: flags.FlagValues) -> None:
+def run(main: Callable[[list[str]], int], flag_values: flags.FlagValues,
+        usage: str = "") -> None:
     """app.run(main) with `flag_values`; main's return value is the exit code."""
     flags.FLAGS.mark_as_parsed()  # absl logging checks the global set.
-    app.run(main, flags_parser=lambda argv: parse(flag_values, argv))
+    with quiet_broken_pipe():
+        app.run(main, flags_parser=lambda argv: parse(flag_values, argv, usage))
+
+
+class quiet_broken_pipe:
+    """Ends the program quietly when its reader goes away (`score ... | head`).
+
+    Python would print a BrokenPipeError traceback, and another one when it
+    flushes stdout at exit; stdout is pointed at /dev/null first.
+    """
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, error, traceback):
+        if kind is None or not issubclass(kind, BrokenPipeError):
+            return False
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        sys.exit(1)
+
+
+def absolute(path: str) -> str:
+    """`path` made absolute against the current folder, once, where it enters.
+
+    Orbax refuses relative paths, and a path stored in a config or a model
+    description must not change meaning when the current folder does.
+    gs:// and other URLs pass unchanged.
+    """
+    if not path or "://" in path:
+        return path
+    return os.path.abspath(os.path.expanduser(path))
+
+
+def main() -> None:
+    """`grepq COMMAND [flags] [args]`: the console script."""
+    argv = sys.argv
+    if len(argv) < 2 or argv[1] in _HELP:
+        print("usage: grepq {%s} [flags] [args]\n\n"
+              "  train     train an encoder (python -m grepq_jax.main)\n"
+              "  export    write a scoring model folder from training exports\n"
+              "  score     score images with a model folder\n"
+              "  evaluate  evaluate a model folder on an IQA dataset\n\n"
+              "grepq COMMAND --help shows each command's flags."
+              % ",".join(COMMANDS))
+        sys.exit(0 if len(argv) >= 2 else 2)
+    if argv[1] not in COMMANDS:
+        print(f"grepq: unknown command {argv[1]!r}; choose one of "
+              f"{', '.join(COMMANDS)}", file=sys.stderr)
+        sys.exit(2)
+    os.environ.setdefault("USE_TORCH", "0")
+    module = importlib.import_module(COMMANDS[argv[1]])
+    sys.argv = [f"grepq {argv[1]}"] + argv[2:]
+    module.run_command()

@@ -533,5 +533,20 @@ def main(argv: list[str]) -> int:
     return 0
 
 
+USAGE = """\
+usage: grepq evaluate --model=DIR --dataset=NAME --root=DIR --out=DIR [flags]
+       (or python -m grepq_jax.evaluate ...)
+
+Zero-shot and data-efficient evaluation of a model folder on an IQA dataset.
+
+example:
+  grepq evaluate --model=models/grepq --dataset=koniq10k --root=/data/koniq10k \
+      --num_train=25,50,100,200 --out=results/koniq"""
+
+
+def run_command() -> None:
+    cli.run(main, FLAGS, USAGE)
+
+
 if __name__ == "__main__":
-    cli.run(main, FLAGS)
+    run_command()

@@ -158,5 +158,19 @@ def main(argv: list[str]) -> int:
     return 0
 
 
+USAGE = """\
+usage: grepq export --out=DIR [--low_level=EXPORT] [--high_level=EXPORT] [flags]
+       (or python -m grepq_jax.export ...)
+
+Writes one self-contained scoring model folder from training exports.
+
+example:
+  grepq export --low_level=runs/low_level/export --out=models/grepq"""
+
+
+def run_command() -> None:
+    cli.run(main, FLAGS, USAGE)
+
+
 if __name__ == "__main__":
-    cli.run(main, FLAGS)
+    run_command()

@@ -96,6 +96,10 @@ def main(argv):
     train.train_and_evaluate(flags.FLAGS.config, _WORKDIR.value)
 
 
-if __name__ == "__main__":
+def run_command() -> None:
     flags.mark_flags_as_required(["config"])
     app.run(main)
+
+
+if __name__ == "__main__":
+    run_command()

@@ -304,5 +304,19 @@ def main(argv: list[str]) -> int:
     return 1 if failed or not scored else 0
 
 
+USAGE = """\
+usage: grepq score --model=DIR [flags] IMAGE_OR_FOLDER [IMAGE_OR_FOLDER ...]
+       (or python -m grepq_jax.score ...)
+
+Scores each image file, and every image under each folder, with a model folder.
+
+example:
+  grepq score --model=models/grepq photos/ extra.jpg --output=scores.csv"""
+
+
+def run_command() -> None:
+    cli.run(main, FLAGS, USAGE)
+
+
 if __name__ == "__main__":
-    cli.run(main, FLAGS)
+    run_command()
