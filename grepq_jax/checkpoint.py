@@ -11,6 +11,7 @@ and deleted when the run starts again.
 """
 
 import json
+import os
 from typing import Any
 
 from etils import epath
@@ -18,8 +19,36 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from grepq_jax import errors
+
 _EXPORT_TREE = "params"
 _EXPORT_META = "model.json"
+
+
+class CheckpointError(errors.RunFailure):
+    """A checkpoint could not be written or read; the message names the path
+    and the cause in one line."""
+
+
+def workdir_problem(workdir: str) -> str | None:
+    """Why a local `workdir` cannot hold a run (a file is in the way, or its
+    nearest existing folder is not writable), or None. Checked before any
+    work, so a typo costs no FSIM pass. URLs are not checked here."""
+    if "://" in workdir:
+        return None
+    path = os.path.abspath(workdir)
+    while not os.path.exists(path):
+        path = os.path.dirname(path)
+    if not os.path.isdir(path):
+        return f"workdir {workdir}: {path} is a file, not a folder"
+    if not os.access(path, os.W_OK):
+        return f"workdir {workdir}: {path} is not writable"
+    return None
+
+
+def _one_line(error: BaseException) -> str:
+    lines = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {lines[-1] if lines else ''}"
 
 
 class TrainCheckpoints:
@@ -38,9 +67,15 @@ class TrainCheckpoints:
             # Deletes step folders that an interrupted save left unmarked.
             cleanup_tmp_directories=True,
         )
-        self._manager = ocp.CheckpointManager(
-            epath.Path(directory), options=options
-        )
+        try:
+            self._manager = ocp.CheckpointManager(
+                epath.Path(_absolute(directory)), options=options
+            )
+        except Exception as error:  # Orbax and tensorstore raise many kinds.
+            raise CheckpointError(
+                f"cannot keep checkpoints in {directory}: {_one_line(error)}"
+            ) from error
+        self._saved_once = self._failed = False
 
     @property
     def directory(self) -> str:
@@ -56,15 +91,39 @@ class TrainCheckpoints:
         if step is None:
             return target
         abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
-        return self._manager.restore(
-            step, args=ocp.args.StandardRestore(abstract)
-        )
+        try:
+            return self._manager.restore(
+                step, args=ocp.args.StandardRestore(abstract)
+            )
+        except Exception as error:  # As in save.
+            raise CheckpointError(
+                f"cannot restore step {step} from {self.directory} (a "
+                f"checkpoint of another config or model?): {_one_line(error)}"
+            ) from error
 
     def save(self, step: int, state: Any, *, force: bool = False) -> bool:
-        """Saves if `step` is due (or `force`); returns whether it saved."""
-        return self._manager.save(
-            step, args=ocp.args.StandardSave(state), force=force
-        )
+        """Saves if `step` is due (or `force`); returns whether it saved.
+
+        Saves run in the background. The first one is waited for, so that a
+        workdir that cannot take checkpoints stops the run at its first save;
+        a later failure surfaces at the next call. Either way it is raised
+        as CheckpointError, naming the folder and the cause.
+        """
+        try:
+            self._manager.check_for_errors()
+            saved = self._manager.save(
+                step, args=ocp.args.StandardSave(state), force=force
+            )
+            if saved and not self._saved_once:
+                self._manager.wait_until_finished()
+                self._saved_once = True
+            return saved
+        except Exception as error:  # Orbax and tensorstore raise many kinds.
+            self._failed = True
+            raise CheckpointError(
+                f"cannot save the checkpoint of step {step} in "
+                f"{self.directory}: {_one_line(error)}"
+            ) from error
 
     def reached_preemption(self, step: int) -> bool:
         """Whether every process has agreed to stop and save at `step`.
@@ -76,13 +135,28 @@ class TrainCheckpoints:
         return self._manager.reached_preemption(step)
 
     def close(self) -> None:
-        self._manager.wait_until_finished()
-        self._manager.close()
+        """Waits for the last save; CheckpointError if it failed.
+
+        After a failed save it returns at once: Orbax's threads would wait
+        minutes for signals that the failed save never sends.
+        """
+        if self._failed:
+            return
+        try:
+            self._manager.wait_until_finished()
+            self._manager.check_for_errors()
+        except Exception as error:  # As in save.
+            raise CheckpointError(
+                f"cannot save the last checkpoint in {self.directory}: "
+                f"{_one_line(error)}"
+            ) from error
+        finally:
+            self._manager.close()
 
 
 def write_export(directory: str, tree: Any, metadata: dict[str, Any]) -> None:
     """Writes `tree` (arrays) and `metadata` (JSON-able) as one folder."""
-    directory = epath.Path(directory)
+    directory = epath.Path(_absolute(directory))
     directory.mkdir(parents=True, exist_ok=True)
     if jax.process_count() > 1:
         # Orbax refuses arrays that live on one process's devices (constants
@@ -110,7 +184,7 @@ def read_export(directory: str) -> tuple[Any, dict[str, Any]]:
     devices and processes that trained and saved them (a pod slice's export
     is read on a laptop).
     """
-    directory = epath.Path(directory)
+    directory = epath.Path(_absolute(directory))
     meta_path = directory / _EXPORT_META
     if not meta_path.exists():
         raise FileNotFoundError(
@@ -125,3 +199,9 @@ def read_export(directory: str) -> tuple[Any, dict[str, Any]]:
     )
     tree = checkpointer.restore(directory / _EXPORT_TREE, target)
     return tree, json.loads(meta_path.read_text())
+
+
+def _absolute(path: str) -> str:
+    """Orbax refuses relative paths; callers should make them absolute where
+    they enter (cli.absolute), this is the last line of defence."""
+    return path if "://" in path else os.path.abspath(path)

@@ -116,3 +116,7 @@ def main() -> None:
     module = importlib.import_module(COMMANDS[argv[1]])
     sys.argv = [f"grepq {argv[1]}"] + argv[2:]
     module.run_command()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,5 +1,6 @@
 """Trains a GRepQ encoder.
 
+    grepq train --config=configs/low_level.py --workdir=runs/low_level
     python -m grepq_jax.main --config=configs/low_level.py --workdir=runs/low_level
 
 Any config field can be overridden, e.g. `--config.batch_size=16`; a field
@@ -10,32 +11,48 @@ Several processes (TPU pod slices, GPU clusters) join one job when the
 environment says so (SLURM, Open MPI, Cloud TPU: detected by JAX) or when
 given `--coordinator_address`, `--num_processes` and `--process_id`; see
 launch/ and docs/scaling.md.
+
+Exit codes: 0 done (or stopped by SIGTERM and saved), 2 a usage error (flags,
+config, workdir, data folder), 1 a failure (a checkpoint that cannot be
+written, a non-finite loss, a checkpoint that cannot be loaded).
 """
 
-import logging as std_logging
-import os
+from grepq_jax import quiet_logs  # Before TensorFlow, JAX and transformers load.
 
-from absl import app
-from absl import flags
-from absl import logging
-import jax
-from ml_collections import config_flags
+import logging as std_logging  # noqa: E402
+import os  # noqa: E402
+import sys  # noqa: E402
 
-from grepq_jax import distributed
-from grepq_jax import train
+from absl import app  # noqa: E402
+from absl import flags  # noqa: E402
+from absl import logging  # noqa: E402
+import jax  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
+
+from grepq_jax import checkpoint  # noqa: E402
+from grepq_jax import cli  # noqa: E402
+from grepq_jax import config_errors  # noqa: E402
+from grepq_jax import distributed  # noqa: E402
+from grepq_jax import errors  # noqa: E402
+from grepq_jax import train  # noqa: E402
 
 _WORKDIR = flags.DEFINE_string(
     "workdir",
     None,
     "Where checkpoints, logs and the export go (local or "
     "gs://). Running again with the same workdir resumes.",
-    required=True,
 )
 config_flags.DEFINE_config_file(
     "config",
     None,
     "A config file, e.g. configs/low_level.py:paper.",
     lock_config=True,
+)
+_SHOW_CONFIG = flags.DEFINE_bool(
+    "show_config",
+    False,
+    "Print the config's fields and values (after any --config.X overrides) "
+    "and exit.",
 )
 _COORDINATOR_ADDRESS = flags.DEFINE_string(
     "coordinator_address",
@@ -56,7 +73,31 @@ _PROCESS_ID = flags.DEFINE_integer(
     lower_bound=0,
 )
 
+USAGE = """\
+usage: grepq train --config=FILE[:VARIANT] --workdir=DIR [--config.FIELD=VALUE ...]
+       (or python -m grepq_jax.main ...)
+
+Trains a GRepQ encoder; the same command again resumes from the latest
+checkpoint. At the end the encoder is exported to WORKDIR/export.
+
+configs (in the repository's configs/ folder):
+  configs/low_level.py         ResNet-18, quality-aware contrastive loss, on 8
+                               embedded photographs: a demonstration (minutes)
+  configs/low_level.py:paper   the paper's settings; add --config.data.path=DIR
+                               (a folder of pristine images)
+  configs/high_level.py        CLIP ViT-B/32, group-contrastive loss; needs the
+                               checkpoint (--config.model.clip=HUB_NAME_OR_DIR)
+  configs/high_level.py:paper  the paper's high-level settings
+  configs/high_level.py:tiny   an offline smoke run with a tiny random CLIP
+
+examples:
+  grepq train --config=configs/low_level.py --workdir=runs/low_level
+  grepq train --config=configs/low_level.py:paper --workdir=runs/paper \\
+      --config.data.path=/data/pristine --config.batch_size=16
+  grepq train --config=configs/low_level.py:paper --show_config   # the fields"""
+
 _PACKAGE_DIR = os.path.dirname(os.path.abspath(train.__file__)) + os.sep
+_ORBAX = os.sep + os.path.join("orbax", "checkpoint") + os.sep
 
 
 class _OurInfoOnly(std_logging.Filter):
@@ -67,6 +108,11 @@ class _OurInfoOnly(std_logging.Filter):
     """
 
     def filter(self, record: std_logging.LogRecord) -> bool:
+        if record.levelno >= std_logging.ERROR and _ORBAX in record.pathname:
+            # A failed save or restore, logged with a traceback by each
+            # Orbax thread that saw it, then raised to us:
+            # checkpoint.CheckpointError says it in one line.
+            return False
         return record.levelno >= std_logging.WARNING or (
             record.pathname.startswith(_PACKAGE_DIR)
         )
@@ -80,9 +126,46 @@ def keep_compiled_programs(workdir: str):
         jax.config.update("jax_compilation_cache_dir", f"{workdir}/compile_cache")
 
 
+def parse_flags(argv: list[str]) -> list[str]:
+    """absl's parsing, with one-line messages (exit 2) for a user's mistakes:
+    an unknown flag or config field, a config file that cannot be loaded, a
+    missing --config or --workdir, a workdir that is a file."""
+    if any(arg in ("-h", "--help", "-help", "--helpshort") for arg in argv[1:]):
+        print(f"{USAGE}\n\nflags:\n{flags.FLAGS.module_help(sys.modules[__name__])}")
+        sys.exit(0)
+    try:
+        rest = flags.FLAGS(argv)
+        config = config_errors.loaded_config(flags.FLAGS["config"])
+    except (flags.Error, AttributeError, config_errors.ConfigFileError) as error:
+        _usage_error(config_errors.describe(error, argv))
+    if len(rest) > 1:
+        _usage_error(f"unexpected arguments: {' '.join(rest[1:])}")
+    if config is None:
+        _usage_error("--config is required, e.g. --config=configs/low_level.py")
+    if _SHOW_CONFIG.value:
+        print(config)
+        sys.exit(0)
+    if not _WORKDIR.value:
+        _usage_error("--workdir is required, e.g. --workdir=runs/low_level")
+    problem = checkpoint.workdir_problem(cli.absolute(_WORKDIR.value))
+    if problem:
+        _usage_error(problem)
+    return rest
+
+
+def _program() -> str:
+    """How the user called us: `grepq train` or `python -m grepq_jax.main`."""
+    return "python -m grepq_jax.main" if sys.argv[0].endswith(".py") else sys.argv[0]
+
+
+def _usage_error(message: str):
+    print(f"{_program()}: {message}\nRun with --help for the usage.",
+          file=sys.stderr)
+    sys.exit(2)
+
+
 def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    del argv  # Checked by parse_flags.
     logging.get_absl_handler().addFilter(_OurInfoOnly())
     logging.set_verbosity(logging.INFO)
     distributed.initialize(
@@ -92,13 +175,28 @@ def main(argv):
     )
     if jax.process_index() > 0:
         logging.set_verbosity(logging.WARNING)  # process 0 speaks for all
-    keep_compiled_programs(_WORKDIR.value)
-    train.train_and_evaluate(flags.FLAGS.config, _WORKDIR.value)
+    workdir = cli.absolute(_WORKDIR.value)
+    config = flags.FLAGS.config
+    if config.data.path:
+        config.data.path = cli.absolute(config.data.path)
+    keep_compiled_programs(workdir)
+    try:
+        train.train_and_evaluate(config, workdir)
+    except errors.UsageError as error:
+        print(f"{_program()}: {error}", file=sys.stderr)
+        return 2
+    except errors.RunFailure as error:
+        print(f"{_program()}: {error}", file=sys.stderr)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        # Not sys.exit: after a failed save Orbax's threads wait minutes for
+        # signals that never come, and the exit would wait for them.
+        os._exit(1)  # pylint: disable=protected-access
+    return 0
 
 
 def run_command() -> None:
-    flags.mark_flags_as_required(["config"])
-    app.run(main)
+    app.run(main, flags_parser=parse_flags)
 
 
 if __name__ == "__main__":

@@ -22,6 +22,7 @@ import optax
 
 from grepq_jax import checkpoint
 from grepq_jax import distributed
+from grepq_jax import errors
 from grepq_jax import metrics
 from grepq_jax.pathways import Pathway
 from grepq_jax.pathways import low_level
@@ -51,6 +52,11 @@ _CPU_COMPILER_OPTIONS = {
 def step_compiler_options() -> dict[str, str] | None:
     """XLA options for the train step on this backend."""
     return _CPU_COMPILER_OPTIONS if jax.default_backend() == "cpu" else None
+
+
+class NonFiniteError(errors.RunFailure, FloatingPointError):
+    """A non-finite loss, gradient or parameter; the last good checkpoint is
+    kept."""
 
 
 @flax.struct.dataclass
@@ -221,19 +227,23 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
     resumes there.
     """
     workdir = epath.Path(workdir)
-    # The data is read first: a bad folder stops the run before any compile.
-    pathway = build_pathway(config, str(workdir))
-    mesh = make_mesh(config.num_devices)
-    if config.batch_size % mesh.size:
-        raise ValueError(
-            f"config.batch_size={config.batch_size} must be a "
-            f"multiple of the {mesh.size} devices in use"
+    try:
+        # The data is read first: a bad folder stops the run before any compile.
+        pathway = build_pathway(config, str(workdir))
+        mesh = make_mesh(config.num_devices)
+        if config.batch_size % mesh.size:
+            raise ValueError(
+                f"config.batch_size={config.batch_size} must be a "
+                f"multiple of the {mesh.size} devices in use"
+            )
+        steps_per_epoch = math.ceil(pathway.num_examples / config.batch_size)
+        total_steps = config.num_epochs * steps_per_epoch
+        optimizer, schedule = make_optimizer(
+            config.optim, steps_per_epoch, total_steps
         )
-    steps_per_epoch = math.ceil(pathway.num_examples / config.batch_size)
-    total_steps = config.num_epochs * steps_per_epoch
-    optimizer, schedule = make_optimizer(
-        config.optim, steps_per_epoch, total_steps
-    )
+    except (ValueError, OSError) as error:  # Config fields, data folders.
+        raise errors.UsageError(str(error)) from error
+    warn_if_degenerate(config, pathway.num_examples)
     replicated = NamedSharding(mesh, P())
     state = create_train_state(
         pathway.init_variables(jax.random.key(config.seed)),
@@ -279,15 +289,35 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
         )
         return state
     pathway.export(state, str(workdir / "export"))
-    logging.info(
-        "Done: %d steps. Checkpoints: %s; TensorBoard logs: %s; "
-        "export for scoring: %s",
-        total_steps,
-        workdir / "checkpoints",
-        workdir / "tensorboard",
-        workdir / "export",
-    )
+    logging.info("%s", what_next(config, workdir, total_steps))
     return state
+
+
+def warn_if_degenerate(config: ml_collections.ConfigDict, num_examples: int):
+    """Warns about data on which a run says little, without stopping it."""
+    if num_examples == 1:
+        logging.warning(
+            "Only one training example: every batch repeats it, so the loss "
+            "has nothing to contrast across examples.")
+    elif num_examples < config.batch_size:
+        logging.warning(
+            "Only %d training examples for batch_size=%d: each batch repeats "
+            "examples. Add data (config.data.path) or lower "
+            "--config.batch_size.", num_examples, config.batch_size)
+
+
+def what_next(config: ml_collections.ConfigDict, workdir, total_steps: int) -> str:
+    """The closing message: where everything is and the commands that use it."""
+    export_dir = workdir / "export"
+    flag = "--low_level" if config.pathway == "low_level" else "--high_level"
+    model_dir = workdir / "model"
+    return (
+        f"Done: {total_steps} steps. Checkpoints: {workdir / 'checkpoints'}; "
+        f"TensorBoard: tensorboard --logdir {workdir / 'tensorboard'}\n"
+        f"Next, package a scoring model folder and score images:\n"
+        f"  grepq export {flag}={export_dir} --out={model_dir}\n"
+        f"  grepq score --model={model_dir} IMAGE_OR_FOLDER ..."
+    )
 
 
 def _run_steps(
@@ -352,7 +382,7 @@ def _finite_scalars(step_metrics, done: int, checkpoints) -> dict[str, float]:
     if all(map(math.isfinite, scalars.values())):
         return scalars
     kept = checkpoints.latest_step
-    raise FloatingPointError(
+    raise NonFiniteError(
         f"non-finite loss, gradient or parameters at step {done} ({scalars}); "
         + (
             f"the last good checkpoint, step {kept}, is kept in "

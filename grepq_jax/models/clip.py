@@ -24,6 +24,8 @@ import dataclasses
 import json
 import os
 import pathlib
+import socket
+import urllib.parse
 from collections.abc import Sequence
 from typing import Any
 
@@ -46,12 +48,14 @@ from transformers.models.clip.modeling_flax_clip import (
 from transformers.models.clip.tokenization_clip import bytes_to_unicode
 from transformers.utils import cached_file
 
+from grepq_jax import errors
+
 # OpenAI's normalisation, used when a checkpoint ships no preprocessor config.
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
-class ClipLoadError(RuntimeError):
+class ClipLoadError(errors.RunFailure):
     """A CLIP checkpoint (or its tokenizer) could not be loaded."""
 
 
@@ -274,6 +278,21 @@ class ClipBundle:
         return self.encoder.arch.embed_dim
 
 
+def _hub_reachable() -> bool:
+    """Whether the Hugging Face hub answers at all, asked once in a second or
+    two. Without it, transformers retries each file for many seconds with a
+    traceback per try before failing."""
+    from huggingface_hub import constants  # pylint: disable=import-outside-toplevel
+
+    url = urllib.parse.urlparse(constants.ENDPOINT)
+    port = url.port or (443 if url.scheme == "https" else 80)
+    try:
+        socket.create_connection((url.hostname, port), timeout=3).close()
+        return True
+    except OSError:
+        return False
+
+
 def _offline_from_env() -> bool:
     # Read at call time: huggingface_hub freezes HF_HUB_OFFLINE at import.
     flags = (os.environ.get(k, "") for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
@@ -321,6 +340,8 @@ def load_clip(name_or_path: str, *, dtype=jnp.float32, local_files_only: bool | 
     # Path-like names are never hub ids: fail here rather than via a hub lookup.
     if (os.path.isabs(path) or path.startswith(".")) and not os.path.isdir(path):
         raise _load_error(name_or_path, "no such directory")
+    if not local_files_only and not os.path.isdir(path) and not _hub_reachable():
+        local_files_only = True  # The local cache, or a clear error at once.
     try:
         model, params = FlaxCLIPModel.from_pretrained(path, _do_init=False, local_files_only=local_files_only)
         tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=local_files_only)
