@@ -307,7 +307,8 @@ def data_efficient(features: DatasetFeatures, kind: str, *, num_train, splits: i
 
 def data_efficient_rows(results: dict[int, regression.SplitResults], features, method,
                         mapping) -> list[dict]:
-    """num_test: the median over the splits (they differ only by reference)."""
+    """num_test: the median over the splits, rounded down (sizes differ only
+    when split by reference)."""
     return [_row("data_efficient", method, features.dataset, features.dataset, n,
                  int(np.median(result.num_test)), result.srocc, result.plcc, mapping,
                  result.split_by)
@@ -593,7 +594,8 @@ def evaluate(model_folder, dataset: iqa_datasets.IqaDataset, out, *,
         (out / "skipped.csv").unlink(missing_ok=True)  # From an earlier run.
     zero_shot = [row for row in rows if row["protocol"] == "zero_shot"
                  and row["test_dataset"] == dataset.name]
-    plot_srocc_vs_labels(results, zero_shot, f"{dataset.name}: {method}",
+    split_by = next(iter(results.values())).split_by
+    plot_srocc_vs_labels(results, zero_shot, f"{dataset.name}: {method}, split by {split_by}",
                          out / "srocc_vs_labels.png")
     plot_predicted_vs_true(main_features, features, results[num_train[-1]], mapping,
                            out / "predicted_vs_true.png")
