@@ -203,7 +203,8 @@ class _RatedItems:
 
     def __init__(self, *, average: bool = False, hint: str = ""):
         self._average, self._hint = average, hint
-        self._first: dict[str, tuple[str, IqaItem]] = {}  # real path ->
+        # Real path -> (where first listed, item); real path -> its scores.
+        self._first: dict[str, tuple[str, IqaItem]] = {}
         self._scores: dict[str, list[float]] = {}
 
     def add(self, where: str, item: IqaItem) -> None:
