@@ -10,23 +10,44 @@ Writes into --out (and nowhere else, unless --fit_regressor_into_model):
                           same model and dataset (keyed by a hash of both),
                           whatever the protocol options
   results.csv, results.md SROCC / PLCC: median, interquartile range and std
-                          over the splits (zero-shot: the whole dataset)
+                          over the splits (zero-shot: the whole dataset);
+                          results.md also states the split protocol, the
+                          features, the mapping and any image skipped
   srocc_vs_labels.png     median SROCC (bars: quartiles) against the number
                           of labelled images, zero-shot SROCC as lines
-  predicted_vs_true.png   test predictions of the first split at the largest
-                          number of labelled images against the true scores
-  skipped.csv             images that could not be used, and why (if any)
+  predicted_vs_true.png   test predictions against the true scores, for the
+                          split whose SROCC is the median (of an even count
+                          of splits: the lower middle one) at the largest
+                          number of labelled images; its title says which
+  skipped.csv             images that could not be used, and why (if any;
+                          their count and this file are also printed)
 
 Scores are oriented so higher is better: a dataset whose scores fall with
 quality (LIVE's or CSIQ's DMOS) is read as low + high - score on its
 nominal range. The data-efficient protocol fits a ridge (alpha from
 {0.1, 1, 10, 100} by 5-fold CV inside the training images) on n labelled
-images drawn at random and tests on the rest, over --splits seeded splits.
+images and tests it, over --splits seeded splits:
+- authentic-distortion datasets (no image has a reference: KonIQ-10k,
+  CLIVE, FLIVE, SPAQ, AGIQA-3K, a CSV without a reference column) are split
+  by image: n images drawn at random, all the others tested;
+- synthetic-distortion datasets (LIVE, CSIQ, TID2013, KADID-10k, a CSV
+  with a reference column) are split by reference, so that no content is
+  both trained on and tested: round(0.2 R) (at least 1) of the R references
+  are drawn and all their images are the test set; the n labelled images
+  are drawn from the images of the other references (the rest of those are
+  unused). An image without a reference counts as its own.
+The table's "split by" column says which; "n test" is then the median
+test-set size over the splits.
 Features: the high-level embedding joined with the low-level 128-d head
 output (--features=projection, the paper's code) or the 512-d pooled
-encoder features (--features=pooled). PLCC is computed after the mapping
-named by --mapping (poly3: the paper's code; logistic4: the VQEG
-four-parameter logistic); results.md says which.
+encoder features (--features=pooled), of the encoders the model has. PLCC
+is computed after the mapping named by --mapping (poly3: the paper's code;
+logistic4: the VQEG four-parameter logistic); results.md says which.
+
+Exit status: 0 done; 2 a usage or input error (bad flag, dataset layout,
+model folder, too many labelled images), in one line; 1 a failure while
+running (too few usable images, a write that fails, anything unexpected),
+in one line, its traceback kept in --out/traceback.txt.
 """
 import os
 
@@ -39,6 +60,7 @@ import hashlib
 import json
 import pathlib
 import sys
+import traceback
 
 from absl import flags
 from absl import logging
@@ -50,10 +72,25 @@ from grepq_jax import quality_model as qm
 from grepq_jax.data import images
 from grepq_jax.data import iqa_datasets
 
-_CACHE_VERSION = 1
+_CACHE_VERSION = 2  # 2: references saved and keyed.
 _ZERO_SHOT = ("low_level", "high_level", "combined")
 _MAX_LISTED_SKIPS = 20
-_MIN_TEST_IMAGES = 5  # As regression.data_efficient_protocol requires.
+
+
+class EvaluationFailure(RuntimeError):
+    """The evaluation could not finish with the data given (exit status 1)."""
+
+
+def reference_groups(references) -> np.ndarray | None:
+    """(N,) labels to split by (str), or None when no image has a reference.
+
+    references: (N,) str or None. An image without a reference is its own
+    group, so it can never share content with another image.
+    """
+    if all(reference is None for reference in references):
+        return None
+    return np.array([f"reference:{reference}" if reference is not None else f"image:{i}"
+                     for i, reference in enumerate(references)])
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,14 +101,20 @@ class DatasetFeatures:
     docstring), on score_range; arrays: name -> (N,) or (N, C) float32/64,
     of "low_level_score", "high_level_score", "high_level_embedding",
     "low_level_projection", "low_level_pooled" (those the model has);
-    skipped: (name, reason) of the images left out.
+    references: (N,) each image's pristine source, or None (see
+    `reference_groups`); skipped: (name, reason) of the images left out.
     """
     dataset: str
     names: tuple[str, ...]
     quality: np.ndarray
     score_range: tuple[float, float]
     arrays: dict[str, np.ndarray]
+    references: tuple[str | None, ...]
     skipped: tuple[tuple[str, str], ...]
+
+    def groups(self) -> np.ndarray | None:
+        """The data-efficient protocol's split groups (None: by image)."""
+        return reference_groups(self.references)
 
     def zero_shot_scores(self) -> dict[str, np.ndarray]:
         """Of "low_level", "high_level", "combined": those the model has."""
@@ -120,7 +163,8 @@ def cache_key(model_folder, dataset: iqa_datasets.IqaDataset) -> str:
     digest = hashlib.sha256(f"{_CACHE_VERSION}:{model_digest}".encode())
     digest.update(f"{dataset.higher_is_better}:{list(dataset.score_range)}\n".encode())
     for item in dataset.items:
-        digest.update(f"{item.name}\0{item.path}\0{item.score!r}\n".encode())
+        digest.update(f"{item.name}\0{item.path}\0{item.score!r}\0{item.reference}\n"
+                      .encode())
     return digest.hexdigest()
 
 
@@ -152,13 +196,13 @@ def compute_features(model: qm.QualityModel, dataset: iqa_datasets.IqaDataset, *
         for name, value in _analysis_arrays(analysis).items():
             columns.setdefault(name, []).append(value)
     if len(kept) < 2:
-        raise ValueError(f"{dataset.name}: only {len(kept)} of {len(dataset.items)} "
-                         "images could be used")
+        raise EvaluationFailure(f"{dataset.name}: only {len(kept)} of "
+                                f"{len(dataset.items)} images could be used")
     quality = oriented_quality(dataset, [item.score for item in kept])
     return DatasetFeatures(dataset.name, tuple(item.name for item in kept), quality,
                            tuple(map(float, dataset.score_range)),
                            {name: np.stack(values) for name, values in columns.items()},
-                           tuple(skipped))
+                           tuple(item.reference for item in kept), tuple(skipped))
 
 
 def _analysis_arrays(analysis: qm.ImageAnalysis) -> dict[str, np.ndarray]:
@@ -176,9 +220,12 @@ def _analysis_arrays(analysis: qm.ImageAnalysis) -> dict[str, np.ndarray]:
 def save_features(path: pathlib.Path, key: str, features: DatasetFeatures) -> None:
     """np.savez of `features` and its cache key (plain arrays, no pickle)."""
     skipped = np.array(features.skipped, dtype=str).reshape(-1, 2)
+    has_reference = np.array([r is not None for r in features.references], bool)
     np.savez(path, key=np.array(key), dataset=np.array(features.dataset),
              names=np.array(features.names, dtype=str), quality=features.quality,
              score_range=np.array(features.score_range), skipped=skipped,
+             references=np.array([r or "" for r in features.references], dtype=str),
+             has_reference=has_reference,
              **{f"array_{name}": value for name, value in features.arrays.items()})
 
 
@@ -194,6 +241,8 @@ def load_features(path: pathlib.Path, key: str) -> DatasetFeatures | None:
             tuple(map(float, saved["score_range"])),
             {name[len("array_"):]: saved[name] for name in saved.files
              if name.startswith("array_")},
+            tuple(str(r) if has else None
+                  for r, has in zip(saved["references"], saved["has_reference"])),
             tuple((str(a), str(b)) for a, b in saved["skipped"]))
 
 
@@ -214,11 +263,12 @@ def dataset_features(model: qm.QualityModel, model_folder, dataset, cache_path, 
 
 # Protocols -------------------------------------------------------------------
 
-def _row(protocol, method, train, test, num_train, num_test, srocc, plcc, mapping):
+def _row(protocol, method, train, test, num_train, num_test, srocc, plcc, mapping,
+         split_by="-"):
     """One table row; srocc/plcc: (S,) values over S splits."""
     row = {"protocol": protocol, "method": method, "train_dataset": train,
            "test_dataset": test, "num_train": num_train, "num_test": num_test,
-           "splits": len(srocc), "mapping": mapping}
+           "splits": len(srocc), "split_by": split_by, "mapping": mapping}
     for name, values in (("srocc", srocc), ("plcc", plcc)):
         low, high = np.percentile(values, [25, 75])
         row |= {f"{name}_median": float(np.median(values)),
@@ -234,23 +284,34 @@ def zero_shot_rows(features: DatasetFeatures, mapping: str) -> list[dict]:
             for name, scores in features.zero_shot_scores().items()]
 
 
-def regressor_name(model: qm.QualityModel, kind: str) -> str:
-    parts = [{"high_level": "high", "low_level": f"low:{kind}"}[p] for p in model.parts]
-    return f"ridge[{' + '.join(parts)}]"
+def regressor_name(parts, kind: str) -> str:
+    """"ridge[high + low:projection]" for parts ["high_level", "low_level"]."""
+    names = [{"high_level": "high", "low_level": f"low:{kind}"}[p] for p in parts]
+    return f"ridge[{' + '.join(names)}]"
+
+
+def feature_description(parts, kind: str) -> str:
+    """The regressor's features in words, only those of `parts`."""
+    names = {"high_level": "the high-level embedding",
+             "low_level": f"the low-level `{kind}` features"}
+    return " + ".join(names[part] for part in parts)
 
 
 def data_efficient(features: DatasetFeatures, kind: str, *, num_train, splits: int,
                    mapping: str, seed: int) -> dict[int, regression.SplitResults]:
+    """regression.data_efficient_protocol, split by reference where there are."""
     return regression.data_efficient_protocol(
         features.regression_features(kind), features.quality, num_train=num_train,
-        num_splits=splits, seed=seed, mapping=mapping)
+        num_splits=splits, seed=seed, mapping=mapping, groups=features.groups())
 
 
 def data_efficient_rows(results: dict[int, regression.SplitResults], features, method,
                         mapping) -> list[dict]:
-    total = len(features.quality)
+    """num_test: the median over the splits, rounded down (sizes differ only
+    when split by reference)."""
     return [_row("data_efficient", method, features.dataset, features.dataset, n,
-                 total - n, result.srocc, result.plcc, mapping)
+                 int(np.median(result.num_test)), result.srocc, result.plcc, mapping,
+                 result.split_by)
             for n, result in results.items()]
 
 
@@ -267,8 +328,8 @@ def cross_dataset_row(train: DatasetFeatures, test: DatasetFeatures, kind: str, 
 # Reports ---------------------------------------------------------------------
 
 _COLUMNS = ("protocol", "method", "train_dataset", "test_dataset", "num_train", "num_test",
-            "splits", "srocc_median", "srocc_iqr", "srocc_std", "plcc_median", "plcc_iqr",
-            "plcc_std", "mapping")
+            "splits", "split_by", "srocc_median", "srocc_iqr", "srocc_std", "plcc_median",
+            "plcc_iqr", "plcc_std", "mapping")
 
 
 def write_csv(rows: list[dict], path: pathlib.Path) -> None:
@@ -280,28 +341,51 @@ def write_csv(rows: list[dict], path: pathlib.Path) -> None:
 
 def markdown_table(rows: list[dict]) -> str:
     header = ("protocol", "method", "train", "test", "n train", "n test", "splits",
-              "SROCC median", "SROCC IQR", "PLCC median", "PLCC IQR")
+              "split by", "SROCC median", "SROCC IQR", "PLCC median", "PLCC IQR")
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in rows:
         spread = row["splits"] > 1
         cells = [row["protocol"], row["method"], row["train_dataset"], row["test_dataset"],
-                 row["num_train"], row["num_test"], row["splits"],
+                 row["num_train"], row["num_test"], row["splits"], row["split_by"],
                  f"{row['srocc_median']:.4f}", f"{row['srocc_iqr']:.4f}" if spread else "-",
                  f"{row['plcc_median']:.4f}", f"{row['plcc_iqr']:.4f}" if spread else "-"]
         lines.append("| " + " | ".join(map(str, cells)) + " |")
     return "\n".join(lines)
 
 
-def write_markdown(rows, path, *, model_folder, mapping, kind, seed,
-                   datasets: list[DatasetFeatures]) -> None:
+_SPLIT_PROTOCOLS = {
+    "image": "split by image: the n labelled images are drawn at random and all the "
+             "others are tested",
+    "reference": "split by reference (synthetic distortions), so that no content is "
+                 "both trained on and tested: in each split round(0.2 R) (at least 1) "
+                 "of its R references are drawn and all their images are tested; the n "
+                 "labelled images are drawn from the images of the other references "
+                 "(the rest of those are unused); n test is the median test-set size "
+                 "over the splits",
+}
+
+
+def split_protocol_text(rows: list[dict]) -> str:
+    """One sentence per dataset on how its data-efficient splits were made."""
+    by = {row["test_dataset"]: row["split_by"] for row in rows
+          if row["protocol"] == "data_efficient"}
+    return " ".join(f"Data-efficient rows of {name}: {_SPLIT_PROTOCOLS[split_by]}."
+                    for name, split_by in by.items())
+
+
+def write_markdown(rows, path, *, model_folder, mapping, kind, parts, seed,
+                   datasets: list[DatasetFeatures], notes=()) -> None:
+    """results.md: what was done, the table, then the skipped images and notes."""
     mapping_text = {"poly3": "a third-order polynomial (np.polyfit, as the paper's code)",
                     "logistic4": "the four-parameter logistic (VQEG)",
                     "none": "no mapping (raw predictions)"}[mapping]
     text = [f"# GRepQ evaluation of `{model_folder}`", "",
             f"PLCC after {mapping_text}, fitted on each test set. Regressor features: "
-            f"high-level embedding + low-level `{kind}`. Splits seeded with {seed}. "
-            "Scores oriented so higher is better. Zero-shot rows use every usable image.",
+            f"{feature_description(parts, kind)}. {split_protocol_text(rows)} "
+            f"Splits seeded with {seed}. Scores oriented so higher is better. "
+            "Zero-shot rows use every usable image.",
             "", markdown_table(rows), ""]
+    text += [f"Note: {note}" for note in notes] + ([""] if notes else [])
     for features in datasets:
         text.append(f"{features.dataset}: {len(features.quality)} images used, "
                     f"{len(features.skipped)} skipped.")
@@ -349,13 +433,17 @@ def plot_srocc_vs_labels(results: dict[int, regression.SplitResults],
 
 
 def plot_predicted_vs_true(features: DatasetFeatures, kind: str,
-                           result: regression.SplitResults, mapping: str, path) -> None:
-    """Split 0 of `result`: the ridge of the protocol (same rows, same alpha)."""
+                           result: regression.SplitResults, mapping: str, path):
+    """The ridge of the split of `result` whose SROCC is the median (same rows,
+    same alpha as the protocol's), its test predictions against the truth.
+
+    Returns the matplotlib Figure (also saved at `path`).
+    """
     from matplotlib.figure import Figure  # pylint: disable=import-outside-toplevel
     x, y = features.regression_features(kind), features.quality
-    train = result.train_indices[0]
-    test = np.setdiff1d(np.arange(len(y)), train)
-    ridge = regression.fit_ridge(x[train], y[train], float(result.alpha[0]))
+    split = result.median_split()
+    train, test = result.train_indices[split], result.test_indices[split]
+    ridge = regression.fit_ridge(x[train], y[train], float(result.alpha[split]))
     predicted = ridge.predict(x[test])
     order = np.argsort(predicted)
     mapped = correlation.mapped_predictions(predicted, y[test], mapping)
@@ -363,13 +451,18 @@ def plot_predicted_vs_true(features: DatasetFeatures, kind: str,
     axes = figure.subplots()
     axes.scatter(predicted, y[test], s=8, alpha=0.6, label="test images")
     axes.plot(predicted[order], mapped[order], color="tab:red", label=f"{mapping} mapping")
+    count = len(result.srocc)
+    which = "median" if count % 2 else "median (lower middle)"
     axes.set(xlabel="predicted quality", ylabel="true quality (higher is better)",
-             title=f"{features.dataset}, {result.num_train} labelled, split 0: "
-                   f"SROCC {result.srocc[0]:.3f}, PLCC {result.plcc[0]:.3f}")
+             title=f"{features.dataset}, {result.num_train} labelled, split {split} of "
+                   f"0-{count - 1} by {result.split_by}: the {which} SROCC\n"
+                   f"SROCC {result.srocc[split]:.3f}, PLCC {result.plcc[split]:.3f}, "
+                   f"{len(test)} test images")
     axes.title.set_fontsize("small")
     axes.legend(fontsize="small")
     figure.tight_layout()
     figure.savefig(path)
+    return figure
 
 
 def fit_regressor_into_model(model_folder, model: qm.QualityModel,
@@ -459,13 +552,15 @@ def evaluate(model_folder, dataset: iqa_datasets.IqaDataset, out, *,
     Returns the table's rows (as results.csv).
     """
     out, model_folder = pathlib.Path(out), pathlib.Path(model_folder)
-    out.mkdir(parents=True, exist_ok=True)
-    model = qm.QualityModel.load(model_folder, chunk=chunk)
     num_train = sorted(set(num_train))
-    if num_train[-1] > len(dataset.items) - _MIN_TEST_IMAGES:  # Before any encoding.
-        raise ValueError(f"num_train {num_train[-1]} leaves fewer than "
-                         f"{_MIN_TEST_IMAGES} of the {len(dataset.items)} images of "
-                         f"{dataset.name} for testing")
+    groups = reference_groups([item.reference for item in dataset.items])
+    for n in num_train:  # Before any encoding; checked again on the usable images.
+        regression.check_num_train(n, len(dataset.items), groups=groups)
+    model = qm.QualityModel.load(model_folder, chunk=chunk)
+    out.mkdir(parents=True, exist_ok=True)
+    notes = [note for d in (dataset, cross_dataset) if d is not None for note in d.notes]
+    for note in notes:
+        print(f"note: {note}", file=sys.stderr)
     main_features = dataset_features(model, model_folder, dataset,
                                      out / f"features_{dataset.name}.npz",
                                      batch_size=batch_size)
@@ -473,7 +568,7 @@ def evaluate(model_folder, dataset: iqa_datasets.IqaDataset, out, *,
     rows = zero_shot_rows(main_features, mapping)
     results = data_efficient(main_features, features, num_train=num_train, splits=splits,
                              mapping=mapping, seed=seed)
-    method = regressor_name(model, features)
+    method = regressor_name(model.parts, features)
     rows += data_efficient_rows(results, main_features, method, mapping)
     if cross_dataset is not None:
         tag = cross_dataset.name + ("_cross" if cross_dataset.name == dataset.name else "")
@@ -486,14 +581,21 @@ def evaluate(model_folder, dataset: iqa_datasets.IqaDataset, out, *,
                                       mapping=mapping, seed=seed))
     write_csv(rows, out / "results.csv")
     write_markdown(rows, out / "results.md", model_folder=model_folder, mapping=mapping,
-                   kind=features, seed=seed, datasets=all_features)
+                   kind=features, parts=model.parts, seed=seed, datasets=all_features,
+                   notes=notes)
     if any(f.skipped for f in all_features):
         write_skipped(all_features, out / "skipped.csv")
+        for f in all_features:
+            if f.skipped:
+                print(f"{f.dataset}: {len(f.skipped)} of {len(f.skipped) + len(f.names)} "
+                      f"images skipped (unreadable or too small), listed in "
+                      f"{out / 'skipped.csv'}", file=sys.stderr)
     else:
         (out / "skipped.csv").unlink(missing_ok=True)  # From an earlier run.
     zero_shot = [row for row in rows if row["protocol"] == "zero_shot"
                  and row["test_dataset"] == dataset.name]
-    plot_srocc_vs_labels(results, zero_shot, f"{dataset.name}: {method}",
+    split_by = next(iter(results.values())).split_by
+    plot_srocc_vs_labels(results, zero_shot, f"{dataset.name}: {method}, split by {split_by}",
                          out / "srocc_vs_labels.png")
     plot_predicted_vs_true(main_features, features, results[num_train[-1]], mapping,
                            out / "predicted_vs_true.png")
@@ -504,17 +606,36 @@ def evaluate(model_folder, dataset: iqa_datasets.IqaDataset, out, *,
 
 
 def _evaluate_from_flags() -> list[dict]:
-    dataset = _load_dataset(_DATASET.value, _ROOT.value, _DATASET_ARGS.value, "dataset_args")
+    dataset = _load_dataset(_DATASET.value, cli.absolute(_ROOT.value), _DATASET_ARGS.value,
+                            "dataset_args")
     cross = None
     if _CROSS_DATASET.value:
         if not _CROSS_ROOT.value:
             raise ValueError("--cross_dataset needs --cross_root")
-        cross = _load_dataset(_CROSS_DATASET.value, _CROSS_ROOT.value,
+        cross = _load_dataset(_CROSS_DATASET.value, cli.absolute(_CROSS_ROOT.value),
                               _CROSS_DATASET_ARGS.value, "cross_dataset_args")
-    return evaluate(_MODEL.value, dataset, _OUT.value, num_train=_num_train(),
+    return evaluate(cli.absolute(_MODEL.value), dataset, cli.absolute(_OUT.value),
+                    num_train=_num_train(),
                     splits=_SPLITS.value, mapping=_MAPPING.value, features=_FEATURES.value,
                     cross_dataset=cross, fit_regressor=_FIT_REGRESSOR.value,
                     seed=_SEED.value, batch_size=_BATCH_SIZE.value, chunk=_CHUNK.value)
+
+
+# A mistake in the flags, the dataset or the model folder (exit status 2).
+_USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError,
+                ImportError)
+
+
+def _report_failure(error: Exception, out: str) -> None:
+    """One line on stderr; the traceback into out/traceback.txt if possible."""
+    kept = ""
+    try:
+        path = pathlib.Path(out) / "traceback.txt"
+        path.write_text(traceback.format_exc())
+        kept = f" (traceback in {path})"
+    except OSError:
+        pass
+    print(f"evaluation failed: {type(error).__name__}: {error}{kept}", file=sys.stderr)
 
 
 def main(argv: list[str]) -> int:
@@ -524,12 +645,18 @@ def main(argv: list[str]) -> int:
     logging.set_verbosity(logging.WARNING)  # Orbax logs every read at INFO.
     try:
         rows = _evaluate_from_flags()
-    except (ValueError, FileNotFoundError) as error:
+    except EvaluationFailure as error:
+        print(f"evaluation failed: {error}", file=sys.stderr)
+        return 1
+    except _USER_ERRORS as error:
         print(f"evaluation failed: {error}", file=sys.stderr)
         return 2
+    except Exception as error:  # pylint: disable=broad-except
+        _report_failure(error, cli.absolute(_OUT.value))
+        return 1
     print(markdown_table(rows), file=sys.stderr)
-    print(f"results in {_OUT.value}: results.csv, results.md, srocc_vs_labels.png, "
-          "predicted_vs_true.png", file=sys.stderr)
+    print(f"results in {cli.absolute(_OUT.value)}: results.csv, results.md, "
+          "srocc_vs_labels.png, predicted_vs_true.png", file=sys.stderr)
     return 0
 
 

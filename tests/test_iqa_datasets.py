@@ -202,6 +202,86 @@ def test_bad_row_names_file_and_row(tmp_path, case):
         iqa_datasets.read_generic_csv(root)
 
 
+def test_nul_byte_in_an_image_name_names_the_row(tmp_path):
+    iqa_layouts.write_image(tmp_path / "x.png")
+    (tmp_path / "scores.csv").write_bytes(b"image_name,score\nx.png,2\n"
+                                          b"y\x00.png,3\n")
+    with pytest.raises(iqa_datasets.IqaLayoutError) as raised:
+        iqa_datasets.read_generic_csv(tmp_path)
+    assert str(raised.value) == (f"{tmp_path / 'scores.csv'}, line 3: image "
+                                 "name 'y\\x00.png' contains a NUL byte")
+
+
+def write_duplicated_csv(root, third_row):
+    """Rows: x.png 3.0, y.png 1.0, then `third_row`."""
+    iqa_layouts.write_image(root / "x.png", 0)
+    iqa_layouts.write_image(root / "y.png", 1)
+    return iqa_layouts.write_csv(root / "scores.csv", [
+        ["image_name", "score", "std", "split"], ["x.png", 3.0, 0.5, "train"],
+        ["y.png", 1.0, 0.2, "train"], third_row])
+
+
+@pytest.mark.parametrize("spelling", ["x.png", "./x.png", "X.png"])
+def test_an_image_listed_twice_is_an_error_naming_both_rows(tmp_path,
+                                                            spelling):
+    path = write_duplicated_csv(tmp_path, [spelling, 4.5, 0.5, "test"])
+    with pytest.raises(iqa_datasets.IqaLayoutError) as raised:
+        iqa_datasets.read_generic_csv(tmp_path)
+    assert str(raised.value) == (
+        f"{path}, line 4: image {spelling!r} (score 4.5) is already listed at "
+        f"{path}, line 2 (score 3); remove one, or pass "
+        'duplicates="average" to average them')
+
+
+def test_duplicates_averaged_on_request_and_said_so(tmp_path):
+    path = write_duplicated_csv(tmp_path, ["x.png", 4.0, 0.3, "train"])
+    dataset = iqa_datasets.read_generic_csv(tmp_path, duplicates="average")
+    assert rows_of(dataset) == [("x.png", 3.5, None, "train", None),
+                                ("y.png", 1.0, 0.2, "train", None)]
+    assert dataset.notes == (
+        f"{path}: 1 image(s) listed more than once, their scores averaged and "
+        f"std dropped (the first: 'x.png' at {path}, line 2, 2 times)",)
+    (tmp_path / "scores.csv").write_text("image_name,score\nx.png,1\n")
+    assert iqa_datasets.read_generic_csv(tmp_path, duplicates="average"
+                                         ).notes == ()
+
+
+def test_duplicates_in_different_splits_are_not_averaged(tmp_path):
+    path = write_duplicated_csv(tmp_path, ["x.png", 4.0, 0.3, "test"])
+    with pytest.raises(iqa_datasets.IqaLayoutError) as raised:
+        iqa_datasets.read_generic_csv(tmp_path, duplicates="average")
+    assert str(raised.value) == (
+        f"{path}, line 4: image 'x.png' has another split or reference than "
+        f"at {path}, line 2, so its scores cannot be averaged")
+
+
+def test_an_official_score_file_with_a_duplicate_names_both_lines(tmp_path):
+    iqa_layouts.write_tid2013(tmp_path)
+    path = tmp_path / "mos_with_names.txt"
+    with open(path, "a") as file:  # Another spelling of line 1's image.
+        file.write("4.2 I01_01_1.BMP\n")
+    (tmp_path / "mos_std.txt").write_text("0.1\n" * 4)
+    with pytest.raises(iqa_datasets.IqaLayoutError) as raised:
+        iqa_datasets.read_tid2013(tmp_path)
+    assert str(raised.value) == (
+        f"{path}, line 4: image 'I01_01_1.BMP' (score 4.2) is already listed "
+        f"at {path}, line 1 (score 5.51429); remove one")
+
+
+def test_generic_csv_reference_column(tmp_path):
+    for seed, name in enumerate(["a1.png", "a2.png", "b1.png"]):
+        iqa_layouts.write_image(tmp_path / name, seed)
+    iqa_layouts.write_csv(tmp_path / "scores.csv", [
+        ["dist_name", "ref_name", "mos"], ["a1.png", "a.png", 3.0],
+        ["a2.png", "a.png", 2.0], ["b1.png", "", 4.0]])
+    dataset = iqa_datasets.read_generic_csv(tmp_path)
+    assert [(i.name, i.reference) for i in dataset.items] == [
+        ("a1.png", "a.png"), ("a2.png", "a.png"), ("b1.png", None)]
+    with pytest.raises(iqa_datasets.IqaLayoutError,
+                       match=r"line 1: no reference column 'source'"):
+        iqa_datasets.read_generic_csv(tmp_path, reference_column="source")
+
+
 def test_symlink_out_of_the_dataset_is_refused(tmp_path):
     root = tmp_path / "dataset"
     iqa_layouts.write_koniq10k(root)

@@ -109,11 +109,85 @@ def test_split_indices_are_disjoint_cover_all_and_match_the_protocol():
                                                 mapping="none", alphas=(1.0,), folds=5)[10]
     for split, train in enumerate(result.train_indices):
         np.testing.assert_array_equal(train, regression.split_indices(40, 10, split, seed=0)[0])
+        assert result.split_by == "image" and result.num_test[split] == 30
         # The recorded PLCC is the one on exactly the complement.
         model = regression.fit_ridge_cv(x[train], y[train], (1.0,), folds=5, seed=0)
         test = np.setdiff1d(np.arange(40), train)
+        np.testing.assert_array_equal(result.test_indices[split], test)
         assert result.plcc[split] == pytest.approx(
             scipy.stats.pearsonr(model.predict(x[test]), y[test])[0], rel=1e-12)
+
+
+def _references(sizes):
+    """(sum(sizes),) labels "r0", "r1", ... repeated as `sizes` says, shuffled."""
+    labels = np.repeat([f"r{k}" for k in range(len(sizes))], sizes)
+    return np.random.default_rng(0).permutation(labels)
+
+
+def test_split_by_reference_keeps_each_reference_on_one_side():
+    sizes = [12, 3, 7, 9, 10, 5, 8, 11, 6, 4]  # 75 images of 10 references.
+    groups = _references(sizes)
+    held_out_sets = set()
+    for split in range(20):
+        train, test = regression.split_by_reference(groups, 30, split, seed=3)
+        assert len(train) == 30 and len(np.unique(train)) == 30
+        assert not set(groups[train]) & set(groups[test])
+        # The test set is exactly every image of 2 (= 0.2 * 10) references.
+        assert len(set(groups[test])) == 2
+        np.testing.assert_array_equal(test, np.flatnonzero(np.isin(groups, groups[test])))
+        held_out_sets.add(frozenset(groups[test]))
+        again = regression.split_by_reference(groups, 30, split, seed=3)
+        np.testing.assert_array_equal(train, again[0])
+    assert len(held_out_sets) > 10  # Drawn anew for each split.
+
+
+def test_protocol_by_reference_tests_only_unseen_references():
+    rng = np.random.default_rng(10)
+    x, y = _linear_data(rng, 75, 4, noise=0.1)
+    groups = _references([12, 3, 7, 9, 10, 5, 8, 11, 6, 4])
+    result = regression.data_efficient_protocol(x, y, num_train=(20,), num_splits=4,
+                                                seed=1, groups=groups, mapping="none",
+                                                alphas=(1.0,))[20]
+    assert result.split_by == "reference" and result.train_indices.shape == (4, 20)
+    for split, (train, test) in enumerate(zip(result.train_indices,
+                                              result.test_indices)):
+        expected = regression.split_by_reference(groups, 20, split, seed=1)
+        np.testing.assert_array_equal(train, expected[0])
+        np.testing.assert_array_equal(test, expected[1])
+        assert not set(groups[train]) & set(groups[test])
+        assert result.num_test[split] == len(test)
+        model = regression.fit_ridge(x[train], y[train], 1.0)
+        assert result.srocc[split] == pytest.approx(
+            correlation.srocc(model.predict(x[test]), y[test]), rel=1e-12)
+
+
+def test_median_split_is_the_split_with_the_median_srocc():
+    def result(srocc):
+        srocc = np.array(srocc)
+        return regression.SplitResults(5, np.zeros((len(srocc), 5), int),
+                                       (np.arange(3),) * len(srocc), "image", srocc,
+                                       srocc, np.ones(len(srocc)))
+    assert result([0.9, 0.2, 0.5, 0.7, 0.1]).median_split() == 2  # 0.5
+    assert result([0.9, 0.2, 0.5, 0.7]).median_split() == 2  # Lower middle.
+    assert result([0.4]).median_split() == 0
+
+
+def test_num_train_by_reference_is_checked_against_the_worst_split():
+    groups = _references([12, 3, 7, 9, 10, 5, 8, 11, 6, 4])
+    # Held out: 2 references; the 2 largest (23 images) leave 52 to train from.
+    regression.check_num_train(52, 75, groups=groups)
+    with pytest.raises(ValueError) as raised:
+        regression.check_num_train(53, 75, groups=groups)
+    assert str(raised.value) == (
+        "num_train 53 must be >= folds (5) and at most 52: holding out 2 of the 10 "
+        "references for testing leaves as few as 52 images to train from")
+    with pytest.raises(ValueError) as raised:
+        regression.check_num_train(5, 7, groups=_references([4, 3]))
+    assert str(raised.value) == ("holding out 1 of 2 references leaves as few as 3 "
+                                 "images for testing; at least 5 are needed")
+    with pytest.raises(ValueError, match="at least 2 references, got 1"):
+        regression.data_efficient_protocol(np.zeros((9, 2)), np.arange(9.0),
+                                           num_train=(5,), seed=0, groups=["a"] * 9)
 
 
 def test_protocol_rejects_too_many_training_images():

@@ -5,8 +5,10 @@ images (absolute path, score, optional std, split and reference) and how to
 read the scores (MOS or DMOS, direction, nominal range). Every image a score
 file names must stay inside the dataset's image folder (no absolute path, no
 '..', no symbolic link leading out; the folder itself may be a link) and
-exist; a malformed row (wrong column count, non-numeric or non-finite score)
-raises IqaLayoutError naming the file and row; a missing score file raises
+exist; a malformed row (wrong column count, non-numeric or non-finite score,
+a NUL byte in a name) raises IqaLayoutError naming the file and row, and so
+does an image listed twice (naming both rows; a generic CSV may average
+them instead, with duplicates="average"); a missing score file raises
 FileNotFoundError saying what to put where (LAYOUTS). Nothing is written.
 
     dataset = load_iqa_dataset("koniq10k", "/data/koniq10k")
@@ -54,13 +56,15 @@ class IqaDataset:
     score_kind is what the authors call the score ("MOS" or "DMOS"); trust
     higher_is_better for the direction (KADID-10k's "DMOS" rises with
     quality). score_range is the nominal scale: a few scores may fall
-    slightly outside it (LIVE's realigned DMOS does).
+    slightly outside it (LIVE's realigned DMOS does). notes: what the
+    reader did that a user should know (e.g. scores averaged), one line each.
     """
     name: str
     items: tuple[IqaItem, ...]
     higher_is_better: bool
     score_kind: str
     score_range: tuple[float, float]
+    notes: tuple[str, ...] = ()
 
 
 # What to put where, for error messages and the TFDS manual-download notes.
@@ -122,7 +126,9 @@ Generic CSV: in the dataset folder put
   scores.csv  (a header row, then a row per image: an image column named
       image_name, img_name, im_loc, name, image, dist_name, filename or
       path; a score column named mos, score, mos_zscore or dmos; optional
-      std (std, sd, mos_std) and split (split, set, phase) columns)
+      std (std, sd, mos_std), split (split, set, phase) and reference
+      (reference, ref, ref_img, ref_name, ref_image: each distorted
+      image's pristine source) columns)
   the images at the paths the image column gives, relative to the folder""",
 }
 
@@ -154,6 +160,9 @@ class _ImageFolder:
 
     def resolve(self, name: str, where: str) -> Path:
         """The existing file `name` inside the folder; `where` blames the row."""
+        if "\0" in name:  # The OS refuses such paths, naming no row.
+            raise IqaLayoutError(f"{where}: image name {name!r} contains a "
+                                 "NUL byte")
         parts = PurePosixPath(name.replace("\\", "/")).parts
         if (not parts or parts[0] == "/" or ".." in parts
                 or PureWindowsPath(name).drive):
@@ -181,6 +190,57 @@ class _ImageFolder:
             self._listings[path.parent] = listing
         matches = self._listings[path.parent].get(path.name.lower(), [])
         return path.parent / matches[0] if len(matches) == 1 else None
+
+
+class _RatedItems:
+    """A score file's items, each image once, in file order.
+
+    An image listed again (the same file, however spelt) raises
+    IqaLayoutError naming both rows; with average=True its scores are
+    averaged instead, its std dropped (the ratings behind the two are not
+    known), and `notes` says so. hint ends the error message.
+    """
+
+    def __init__(self, *, average: bool = False, hint: str = ""):
+        self._average, self._hint = average, hint
+        # Real path -> (where first listed, item); real path -> its scores.
+        self._first: dict[str, tuple[str, IqaItem]] = {}
+        self._scores: dict[str, list[float]] = {}
+
+    def add(self, where: str, item: IqaItem) -> None:
+        key = os.path.realpath(item.path)
+        if key not in self._first:
+            self._first[key], self._scores[key] = (where, item), [item.score]
+            return
+        first_where, first = self._first[key]
+        if not self._average:
+            raise IqaLayoutError(
+                f"{where}: image {item.name!r} (score {item.score:g}) is "
+                f"already listed at {first_where} (score {first.score:g}); "
+                f"remove one{self._hint}")
+        if (item.split, item.reference) != (first.split, first.reference):
+            raise IqaLayoutError(
+                f"{where}: image {item.name!r} has another split or reference "
+                f"than at {first_where}, so its scores cannot be averaged")
+        self._scores[key].append(item.score)
+
+    def unique(self) -> tuple[IqaItem, ...]:
+        """The items, an image listed n times once with its mean score."""
+        return tuple(
+            item if len(self._scores[key]) == 1 else dataclasses.replace(
+                item, score=float(np.mean(self._scores[key])), std=None)
+            for key, (_, item) in self._first.items())
+
+    def notes(self) -> tuple[str, ...]:
+        """One line on the averaged images, if any."""
+        repeated = [key for key, scores in self._scores.items()
+                    if len(scores) > 1]
+        if not repeated:
+            return ()
+        where, item = self._first[repeated[0]]
+        return (f"{len(repeated)} image(s) listed more than once, their "
+                f"scores averaged and std dropped (the first: {item.name!r} "
+                f"at {where}, {len(self._scores[repeated[0]])} times)",)
 
 
 def _number(text: str, where: str, what: str) -> float:
@@ -376,14 +436,14 @@ def read_koniq10k(root: str | os.PathLike, *, score_column: str = "MOS",
     name = "koniq10k_scores_and_distributions.csv"
     path = _score_file(root, [name, f"{Path(name).stem}/{name}"], "koniq10k")
     images = _ImageFolder(root / image_folder)
-    items = []
+    items = _RatedItems()
     for where, row in _read_records(path, ["image_name", score_column, "SD"]):
-        items.append(IqaItem(
+        items.add(where, IqaItem(
             name=row["image_name"],
             path=str(images.resolve(row["image_name"], where)),
             score=_number(row[score_column.lower()], where, score_column),
             std=_std(row["sd"], where) if score_column == "MOS" else None))
-    return IqaDataset("koniq10k", tuple(items), True, "MOS",
+    return IqaDataset("koniq10k", items.unique(), True, "MOS",
                       ranges[score_column])
 
 
@@ -413,18 +473,18 @@ def read_clive(root: str | os.PathLike, *,
                                                      "AllStdDev_release")
     _same_length(vectors)
     images = _ImageFolder(root / "Images")
-    items = []
+    items = _RatedItems()
     for index, (name, score, std) in enumerate(zip(names, mos, stds)):
         is_training = index < 7
         if is_training and not include_training_images:
             continue
         name = f"trainingImages/{name}" if is_training else name
         where = f"{mos_path}, entry {index + 1}"
-        items.append(IqaItem(
+        items.add(where, IqaItem(
             name=name, path=str(images.resolve(name, where)),
             score=_number(str(score), where, "MOS"),
             std=None if std is None else _std(str(std), where)))
-    return IqaDataset("clive", tuple(items), True, "MOS", (0.0, 100.0))
+    return IqaDataset("clive", items.unique(), True, "MOS", (0.0, 100.0))
 
 
 def read_kadid10k(root: str | os.PathLike) -> IqaDataset:
@@ -438,17 +498,17 @@ def read_kadid10k(root: str | os.PathLike) -> IqaDataset:
     root = _dataset_folder(root, "kadid10k")
     path = _score_file(root, ["dmos.csv"], "kadid10k")
     images = _ImageFolder(root / "images")
-    items = []
+    items = _RatedItems()
     for where, row in _read_records(path, ["dist_img", "ref_img", "dmos",
                                            "var"]):
         variance = _std(row["var"], where)  # Same checks: >= 0 or empty.
-        items.append(IqaItem(
+        items.add(where, IqaItem(
             name=row["dist_img"],
             path=str(images.resolve(row["dist_img"], where)),
             score=_number(row["dmos"], where, "dmos"),
             std=None if variance is None else math.sqrt(variance),
             reference=row["ref_img"]))
-    return IqaDataset("kadid10k", tuple(items), True, "DMOS", (1.0, 5.0))
+    return IqaDataset("kadid10k", items.unique(), True, "DMOS", (1.0, 5.0))
 
 
 def _flive_splits(root: Path) -> dict[str, str]:
@@ -483,13 +543,13 @@ def read_flive(root: str | os.PathLike) -> IqaDataset:
     path = _score_file(root, ["labels_image.csv"], "flive")
     splits = _flive_splits(root)
     images = _ImageFolder(root)
-    items = []
+    items = _RatedItems()
     for where, row in _read_records(path, ["name", "mos"]):
-        items.append(IqaItem(
+        items.add(where, IqaItem(
             name=row["name"], path=str(images.resolve(row["name"], where)),
             score=_number(row["mos"], where, "mos"),
             split=splits.get(row["name"], "train") if splits else None))
-    return IqaDataset("flive", tuple(items), True, "MOS", (0.0, 100.0))
+    return IqaDataset("flive", items.unique(), True, "MOS", (0.0, 100.0))
 
 
 def read_spaq(root: str | os.PathLike) -> IqaDataset:
@@ -505,13 +565,13 @@ def read_spaq(root: str | os.PathLike) -> IqaDataset:
     stem = "Annotations/MOS and Image attribute scores"
     path = _score_file(root, [f"{stem}.csv", f"{stem}.xlsx"], "spaq")
     images = _ImageFolder(root / "TestImage")
-    items = []
+    items = _RatedItems()
     for where, row in _read_records(path, ["Image name", "MOS"]):
-        items.append(IqaItem(
+        items.add(where, IqaItem(
             name=row["image name"],
             path=str(images.resolve(row["image name"], where)),
             score=_number(row["mos"], where, "MOS")))
-    return IqaDataset("spaq", tuple(items), True, "MOS", (0.0, 100.0))
+    return IqaDataset("spaq", items.unique(), True, "MOS", (0.0, 100.0))
 
 
 def read_agiqa3k(root: str | os.PathLike, *,
@@ -531,12 +591,12 @@ def read_agiqa3k(root: str | os.PathLike, *,
     path = _score_file(root, ["data.csv"], "agiqa3k")
     images = _ImageFolder(root / "AGIQA-3K")
     mos, std = f"mos_{aspect}", f"std_{aspect}"
-    items = []
+    items = _RatedItems()
     for where, row in _read_records(path, ["name", mos, std]):
-        items.append(IqaItem(
+        items.add(where, IqaItem(
             name=row["name"], path=str(images.resolve(row["name"], where)),
             score=_number(row[mos], where, mos), std=_std(row[std], where)))
-    return IqaDataset("agiqa3k", tuple(items), True, "MOS", (0.0, 5.0))
+    return IqaDataset("agiqa3k", items.unique(), True, "MOS", (0.0, 5.0))
 
 
 # CSIQ sheet dst_type -> (folder in dst_imgs/, token in the file name).
@@ -586,17 +646,17 @@ def read_csiq(root: str | os.PathLike) -> IqaDataset:
     path = _score_file(root, ["csiq.DMOS.csv", "csiq.DMOS.xlsx",
                               "csiq_label.txt"], "csiq")
     images = _ImageFolder(root / "dst_imgs")
-    items = []
+    items = _RatedItems()
     for where, reference, name, dmos, std in _csiq_rows(path):
         kind = name.split(".")[1].lower() if name.count(".") >= 2 else ""
         in_folder = f"{kind}/{name}"
         if (not (images.folder / in_folder).exists()
                 and (images.folder / name).exists()):
             in_folder = name  # The flattened layout.
-        items.append(IqaItem(name=in_folder,
-                             path=str(images.resolve(in_folder, where)),
-                             score=dmos, std=std, reference=reference))
-    return IqaDataset("csiq", tuple(items), False, "DMOS", (0.0, 1.0))
+        items.add(where, IqaItem(name=in_folder,
+                                 path=str(images.resolve(in_folder, where)),
+                                 score=dmos, std=std, reference=reference))
+    return IqaDataset("csiq", items.unique(), False, "DMOS", (0.0, 1.0))
 
 
 # LIVE release 2 lists its 982 images folder by folder in this order.
@@ -634,7 +694,7 @@ def read_live(root: str | os.PathLike, *,
     names = [f"{folder}/img{k}.bmp" for folder, count in _LIVE_FOLDERS
              for k in range(1, count + 1)]
     images = _ImageFolder(root)
-    items = []
+    items = _RatedItems()
     for index, name in enumerate(names):
         where = f"{dmos_path}, entry {index + 1}"
         if orgs[index] not in (0, 1):
@@ -643,12 +703,12 @@ def read_live(root: str | os.PathLike, *,
         if orgs[index] == 1:
             continue
         std = stds[index]
-        items.append(IqaItem(
+        items.add(where, IqaItem(
             name=name, path=str(images.resolve(name, where)),
             score=_number(str(dmos[index]), where, "DMOS"),
             std=None if std is None else _std(str(std), where),
             reference=references[index]))
-    return IqaDataset("live", tuple(items), False, "DMOS", (0.0, 100.0))
+    return IqaDataset("live", items.unique(), False, "DMOS", (0.0, 100.0))
 
 
 def read_tid2013(root: str | os.PathLike) -> IqaDataset:
@@ -667,13 +727,13 @@ def read_tid2013(root: str | os.PathLike) -> IqaDataset:
             if std_path.is_file() else [""] * len(rows))
     _same_length({f"{path}": rows, f"{std_path}": stds})
     images = _ImageFolder(root / "distorted_images")
-    items = []
+    items = _RatedItems()
     for (where, (mos, name)), std in zip(rows, stds):
-        items.append(IqaItem(
+        items.add(where, IqaItem(
             name=name, path=str(images.resolve(name, where)),
             score=_number(mos, where, "MOS"), std=_std(std, where),
             reference=name[:3].upper()))
-    return IqaDataset("tid2013", tuple(items), True, "MOS", (0.0, 9.0))
+    return IqaDataset("tid2013", items.unique(), True, "MOS", (0.0, 9.0))
 
 
 # Column names the common IQA toolboxes use, most specific first.
@@ -682,6 +742,8 @@ _CSV_IMAGE_COLUMNS = ("image_name", "img_name", "im_loc", "name", "image",
 _CSV_SCORE_COLUMNS = ("mos", "score", "mos_zscore", "dmos")
 _CSV_STD_COLUMNS = ("std", "sd", "mos_std")
 _CSV_SPLIT_COLUMNS = ("split", "set", "phase")
+_CSV_REFERENCE_COLUMNS = ("reference", "ref", "ref_img", "ref_name",
+                          "ref_image")
 
 
 def _csv_header(path: Path) -> list[str]:
@@ -712,21 +774,29 @@ def read_generic_csv(root: str | os.PathLike, *,
                      score_column: str | None = None,
                      std_column: str | None = None,
                      split_column: str | None = None,
+                     reference_column: str | None = None,
                      higher_is_better: bool | None = None,
                      score_range: tuple[float, float] | None = None,
-                     ) -> IqaDataset:
+                     duplicates: str = "error") -> IqaDataset:
     """Any dataset listed in a CSV, as the common IQA toolboxes write them.
 
     Reads root/<csv_file>: a header row, then one row per image. Columns
     not named are found by the usual names (case-insensitive): image
     image_name/img_name/im_loc/name/image/filename/path, score
-    mos/score/mos_zscore/dmos, std std/sd/mos_std, split split/set/phase
-    (empty cells: None). Images: root/<image_folder>/<image>. score_kind is
+    mos/score/mos_zscore/dmos, std std/sd/mos_std, split split/set/phase,
+    reference (the pristine source of a synthetically distorted image, so
+    evaluation splits by content) reference/ref/ref_img/ref_name/ref_image;
+    empty cells: None. Images: root/<image_folder>/<image>. score_kind is
     "DMOS" for a column named dmos, else "MOS". higher_is_better defaults to
     True, but must be given for a dmos column: KADID-10k's rises with
     quality, LIVE's and CSIQ's fall. score_range defaults to the observed
-    (min, max).
+    (min, max). An image listed twice is an error naming both rows, unless
+    duplicates="average": then it gets the mean of its scores, no std, and
+    the dataset's notes say so.
     """
+    if duplicates not in ("error", "average"):
+        raise ValueError(f"duplicates must be 'error' or 'average', got "
+                         f"{duplicates!r}")
     root = _dataset_folder(root, "csv")
     path = _score_file(root, [csv_file], "csv")
     header = _csv_header(path)
@@ -734,31 +804,37 @@ def read_generic_csv(root: str | os.PathLike, *,
                          path, True)
     score = _pick_column(header, score_column, _CSV_SCORE_COLUMNS, "score",
                          path, True)
-    std = _pick_column(header, std_column, _CSV_STD_COLUMNS, "std", path,
-                       False)
-    split = _pick_column(header, split_column, _CSV_SPLIT_COLUMNS, "split",
-                         path, False)
+    optional = {what: _pick_column(header, given, candidates, what, path,
+                                   False)
+                for what, given, candidates in (
+                    ("std", std_column, _CSV_STD_COLUMNS),
+                    ("split", split_column, _CSV_SPLIT_COLUMNS),
+                    ("reference", reference_column, _CSV_REFERENCE_COLUMNS))}
     is_dmos = score == "dmos"
     if is_dmos and higher_is_better is None:
         raise ValueError(f"{path}: a 'dmos' column may run either way; pass "
                          "higher_is_better (or name the column mos/score)")
     images = _ImageFolder(root / image_folder)
-    items = []
+    items = _RatedItems(average=duplicates == "average",
+                        hint=', or pass duplicates="average" to average them')
+    std, split, reference = optional.values()
     for where, row in _read_records(path, [image, score],
-                                    [c for c in (std, split) if c]):
-        items.append(IqaItem(
+                                    [c for c in optional.values() if c]):
+        items.add(where, IqaItem(
             name=row[image], path=str(images.resolve(row[image], where)),
             score=_number(row[score], where, score),
             std=_std(row[std], where) if std else None,
-            split=(row[split] or None) if split else None))
-    if not items:
+            split=(row[split] or None) if split else None,
+            reference=(row[reference] or None) if reference else None))
+    rated = items.unique()
+    if not rated:
         raise IqaLayoutError(f"{path}: no rows after the header")
-    scores = [item.score for item in items]
+    scores = [item.score for item in rated]
     return IqaDataset(
-        "csv", tuple(items),
-        True if higher_is_better is None else higher_is_better,
+        "csv", rated, True if higher_is_better is None else higher_is_better,
         "DMOS" if is_dmos else "MOS",
-        score_range or (min(scores), max(scores)))
+        score_range or (min(scores), max(scores)),
+        notes=tuple(f"{path}: {note}" for note in items.notes()))
 
 
 DATASETS: dict[str, Callable[..., IqaDataset]] = {
