@@ -472,3 +472,55 @@ def test_open_clip_and_grepq_files_read_live(openai, tmp_path, monkeypatch):
     Path("notes.pth").write_text("not weights")
     with pytest.raises(WeightsError, match="^notes.pth: not a PyTorch weights file"):
         torch_weights.load_grepq_high_level("notes.pth")
+
+
+# --- the convert command -------------------------------------------------------------
+
+def _convert_argv(**flags):
+    return ["grepq_jax.convert"] + [f"--{k}={v}" for k, v in flags.items()]
+
+
+def test_convert_without_torch_says_what_to_install(tmp_path, monkeypatch, capsys):
+    from grepq_jax import cli, convert
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setitem(sys.modules, "torch", None)
+    _write_tiny_bpe(Path("bpe.gz"))
+    Path("RN50.pt").write_bytes(b"x")
+    argv = _convert_argv(clip="RN50.pt", bpe="bpe.gz", out="exported")
+    assert convert.main(cli.parse(convert.FLAGS, argv)) == 1
+    assert "pip install 'grepq_jax[convert]'" in capsys.readouterr().err
+    argv = _convert_argv(clip="missing.pt", bpe="bpe.gz", out="exported")
+    assert convert.main(cli.parse(convert.FLAGS, argv)) == 2
+    assert "missing.pt: no such file" in capsys.readouterr().err
+    assert not Path("exported").exists()
+
+
+def test_convert_writes_a_high_level_export_live(openai, tmp_path, monkeypatch):
+    torch, _ = openai
+    from grepq_jax import checkpoint, cli, convert
+
+    monkeypatch.chdir(tmp_path)
+    tokenizer = clip_rn50_text.tokenizer_from_openai_bpe(_write_tiny_bpe(Path("bpe.gz")))
+    shapes = {**reference.clip_shapes(), **reference.text_shapes(vocab=len(tokenizer))}
+    state = reference.random_state_dict(shapes, seed=15)
+    torch.save({k: torch.from_numpy(v) for k, v in state.items()}, "clip.pt")
+    grepq = {k.removeprefix("visual."): v for k, v in reference.random_clip_state_dict().items()
+             if k.startswith("visual.")}
+    torch.save({k: torch.from_numpy(v) for k, v in grepq.items()}, "grepq.pth")
+    argv = _convert_argv(clip="clip.pt", grepq_high_level="grepq.pth", bpe="bpe.gz", out="export")
+    assert convert.main(cli.parse(convert.FLAGS, argv)) == 0
+
+    tree, metadata = checkpoint.read_export(str(Path("export").absolute()))
+    assert (metadata["pathway"], metadata["encoder"]) == ("high_level", "clip_rn50")
+    arch = clip_rn50.ModifiedResNetArch.from_dict(metadata["arch"])
+    assert arch == dataclasses.replace(_tiny().image_arch, position_embedding="none")
+    _assert_trees_equal(jax.tree.map(np.asarray, tree["encoder"]), _tiny().image_variables)
+    text_arch, text_params = convert_openai_text(
+        {k: v for k, v in state.items() if not k.startswith("visual.") and k != "logit_scale"},
+        source="clip.pt")
+    expected = clip_rn50_text.encode_prompts(
+        clip_rn50_text.text_tower(text_arch, text_params, tokenizer), convert.GREPQ_PROMPTS)
+    np.testing.assert_allclose(tree["prompt_embeddings"], expected, rtol=0, atol=1e-6)
+    # A second run refuses the used folder.
+    assert convert.main(cli.parse(convert.FLAGS, argv)) == 2
