@@ -144,6 +144,14 @@ def test_other_size_without_positions_matches_openai_with_that_line_removed():
     np.testing.assert_allclose(features, _stored()["image_none"], rtol=0, atol=TINY_ATOL)
 
 
+def test_odd_sides_are_floored_as_in_openai():
+    images = _nhwc(reference.reference_images(reference.ODD_SIZE))
+    features = _apply(_model("none"), False)(_tiny().image_variables, images)
+    np.testing.assert_allclose(features, _stored()["image_odd"], rtol=0, atol=TINY_ATOL)
+    for size in [(31, 31), (63, 64), (75, 100), (384, 512), (97, 33)]:
+        assert clip_rn50.feature_grid(*size) == reference.feature_grid(size)
+
+
 def test_other_size_with_resized_positions_matches_torch_bicubic():
     images = _nhwc(reference.reference_images(reference.OTHER_SIZE))
     features = _apply(_model(), False)(_tiny().image_variables, images)
@@ -362,7 +370,7 @@ def test_full_rn50_matches_openai_live(openai, size, position_embedding):
     visual = model.ModifiedResNet((3, 4, 6, 3), 1024, 32, 224, 64)
     visual.load_state_dict({k: torch.from_numpy(v) for k, v in state.items()})
     if position_embedding == "none":  # what GRepQ's commented-out line amounts to
-        grid = clip_rn50.feature_grid(*size)
+        grid = reference.feature_grid(size)
         visual.attnpool.positional_embedding = torch.nn.Parameter(
             torch.zeros(1 + grid[0] * grid[1], 2048))
     images = np.random.RandomState(12).normal(size=(2, 3, *size)).astype(np.float32)
