@@ -72,6 +72,9 @@ def _count(state: Mapping, pattern: str) -> int:
 # --- image tower ---------------------------------------------------------------
 
 def _wrong_file_hint(state: Mapping) -> str:
+    """What a file without a ModifiedResNet's signature keys seems to be."""
+    if "layer1.0.conv1.weight" in state or "attnpool.positional_embedding" in state:
+        return ""  # a ModifiedResNet, with something missing
     if "visual.proj" in state or "proj" in state:
         return " (this is a ViT CLIP, not a ResNet one)"
     if any(k.startswith("visual.") for k in state):

@@ -24,6 +24,7 @@ from typing import Any
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 from transformers import CLIPTextConfig, CLIPTokenizerFast
 from transformers.models.clip.modeling_flax_clip import FlaxCLIPTextModelWithProjectionModule
 from transformers.models.clip.tokenization_clip import bytes_to_unicode
@@ -81,7 +82,7 @@ def text_module(arch: TextArch) -> nn.Module:
 
 
 def text_tower(arch: TextArch, params: dict, tokenizer) -> TextTower:
-    return TextTower(text_module(arch), jax.tree.map(jax.numpy.asarray, params), tokenizer,
+    return TextTower(text_module(arch), jax.tree.map(jnp.asarray, params), tokenizer,
                      arch.context_length)
 
 
