@@ -61,7 +61,8 @@ def default_bpe() -> pathlib.Path:
     """OpenAI's BPE file as the `clip` or `open_clip` package installs it (not imported)."""
     for package in ("clip", "open_clip"):
         spec = importlib.util.find_spec(package)
-        if spec and spec.origin and (path := pathlib.Path(spec.origin).with_name(BPE_FILE)).is_file():
+        path = spec and spec.origin and pathlib.Path(spec.origin).with_name(BPE_FILE)
+        if path and path.is_file():
             return path
     raise FileNotFoundError(f"no {BPE_FILE} found: pass --bpe=PATH (it ships with OpenAI's "
                             "clip package and with open_clip)")
@@ -97,8 +98,9 @@ def convert_high_level(out, *, clip_file, grepq_high_level=None, bpe=None,
         "arch": {**dataclasses.asdict(arch), "layers": list(arch.layers)},
         "mean": list(clip.OPENAI_MEAN), "std": list(clip.OPENAI_STD),
         "prompts": [list(p) for p in prompts], "dtype": "float32", "step": 0,
-        "converted_from": {"clip": cli.absolute(str(clip_file)),
-                           "grepq_high_level": grepq_high_level and cli.absolute(str(grepq_high_level))},
+        "converted_from": {
+            "clip": cli.absolute(str(clip_file)),
+            "grepq_high_level": grepq_high_level and cli.absolute(str(grepq_high_level))},
     }
     tree = {"encoder": variables,
             "prompt_embeddings": clip_rn50_text.encode_prompts(tower, prompts)}

@@ -11,19 +11,21 @@ one to one (keys bare, as GRepQ saves them; a whole CLIP prefixes "visual."):
     .../layer{s}_{i}/{conv,bn}{k}/...              <- layer{s}.{i}.{conv,bn}{k}.{...}
     .../layer{s}_{i}/downsample_{conv,bn}/...      <- layer{s}.{i}.downsample.{0,1}.{...}
     params/attnpool/positional_embedding           <- attnpool.positional_embedding
-    params/attnpool/{q,k,v,c}_proj/kernel          <- attnpool.{q,k,v,c}_proj.weight (out,in) -> (in,out)
+    params/attnpool/{q,k,v,c}_proj/kernel          <- attnpool.{q,k,v,c}_proj.weight, transposed
 Conv kernels go (O, I, kh, kw) -> (kh, kw, I, O). Ignored: `*.num_batches_tracked`.
 
-Text tower (HF's FlaxCLIPTextModelWithProjection), Flax param <- OpenAI key:
+Text tower (HF's FlaxCLIPTextModelWithProjection), Flax param <- OpenAI key
+(`text_model/encoder/layers/{i}` as L, `transformer.resblocks.{i}` as R):
     text_model/embeddings/token_embedding/embedding     <- token_embedding.weight
     text_model/embeddings/position_embedding/embedding  <- positional_embedding
-    .../layers/{i}/self_attn/{q,k,v}_proj/{kernel,bias} <- transformer.resblocks.{i}.attn.in_proj_{weight,bias},
-                                                           rows [0, W), [W, 2W), [2W, 3W)
-    .../layers/{i}/self_attn/out_proj/...               <- ...resblocks.{i}.attn.out_proj.{weight,bias}
-    .../layers/{i}/layer_norm{1,2}/{scale,bias}         <- ...resblocks.{i}.ln_{1,2}.{weight,bias}
-    .../layers/{i}/mlp/fc{1,2}/...                      <- ...resblocks.{i}.mlp.c_{fc,proj}.{...}
-    text_model/final_layer_norm/...                     <- ln_final.{weight,bias}
+    L/self_attn/{q,k,v}_proj/{kernel, bias}             <- R.attn.in_proj_{weight, bias}, rows
+                                                           [0, W), [W, 2W), [2W, 3W)
+    L/self_attn/out_proj/...                            <- R.attn.out_proj.{weight, bias}
+    L/layer_norm{1,2}/{scale, bias}                     <- R.ln_{1,2}.{weight, bias}
+    L/mlp/fc{1,2}/...                                   <- R.mlp.c_{fc,proj}.{...}
+    text_model/final_layer_norm/...                     <- ln_final.{weight, bias}
     text_projection/kernel                              <- text_projection (already (in, out))
+Linear weights are transposed, (out, in) -> (in, out).
 Ignored in a whole CLIP: `logit_scale` and the TorchScript archive's
 `input_resolution`, `context_length`, `vocab_size`.
 """
@@ -87,7 +89,7 @@ def _wrong_file_hint(state: Mapping) -> str:
 def image_arch_from_state_dict(state: Mapping[str, np.ndarray], *, source: str,
                                position_embedding: str, heads: int | None = None
                                ) -> clip_rn50.ModifiedResNetArch:
-    """The architecture the weights have; heads (not in the weights) default to OpenAI's 32 W / 64."""
+    """The architecture the weights have; heads (not in them) default to OpenAI's 32 W / 64."""
     hint = _wrong_file_hint(state)
     width = _required(state, "layer1.0.conv1.weight", source, hint).shape[0]
     positions = _required(state, "attnpool.positional_embedding", source, hint).shape[0]
@@ -226,7 +228,8 @@ def convert_openai_clip(state: Mapping[str, np.ndarray], *, source: str,
                               if "attnpool.positional_embedding" in state else ""))
     text = {k: v for k, v in state.items() if not k.startswith("visual.") and k not in _CLIP_EXTRAS}
     image_arch, image_variables = convert_modified_resnet(
-        visual, source=f"{source} (keys under 'visual.')", position_embedding=position_embedding, heads=image_heads)
+        visual, source=f"{source} (keys under 'visual.')",
+        position_embedding=position_embedding, heads=image_heads)
     text_arch, text_params = convert_openai_text(text, source=source, heads=text_heads,
                                                  hidden_act=hidden_act)
     return ClipWeights(image_arch, image_variables, text_arch, text_params)
