@@ -1,0 +1,148 @@
+"""Converts released PyTorch CLIP RN50 / GRepQ weights into a high-level export.
+
+    python -m grepq_jax.convert --clip=RN50.pt \
+        --grepq_high_level=high_level_model_weights.pth --out=exports/grepq_high_level
+
+Writes the folder a high-level training run exports (checkpoint.write_export):
+the image tower (GRepQ's fine-tuned one with --grepq_high_level, else
+OpenAI's own) and the prompt embeddings of OpenAI's frozen text tower, as
+GRepQ scores with them. Needs torch (`pip install 'grepq_jax[convert]'`).
+
+    tree      {"encoder": {"params", "batch_stats"} of clip_rn50.ModifiedResNet,
+               "prompt_embeddings": (P, 2, D) float32, L2-normalised}
+    metadata  {"pathway": "high_level", "encoder": "clip_rn50", "arch":
+               ModifiedResNetArch fields, "mean", "std", "prompts", "dtype",
+               "step": 0, "converted_from": {...}}
+
+The tokenizer is built from OpenAI's BPE file (--bpe; by default the one the
+installed `clip` or `open_clip` package ships). OpenAI's RN50.pt is a
+TorchScript archive, read only when its SHA-256 is OpenAI's published one or
+with --trust_torchscript (TorchScript runs code from the file).
+"""
+import dataclasses
+import importlib.util
+import json
+import pathlib
+import sys
+
+from absl import flags
+from absl import logging
+
+from grepq_jax import checkpoint, cli
+from grepq_jax.models import clip, clip_rn50_text, torch_weights
+from grepq_jax.models.clip_rn50 import POSITION_EMBEDDINGS
+
+GREPQ_PROMPTS = (("a good photo.", "a bad photo."),)  # GRepQ's, lower-cased as the tokenizer does
+BPE_FILE = "bpe_simple_vocab_16e6.txt.gz"
+
+FLAGS = flags.FlagValues()
+_CLIP = flags.DEFINE_string(
+    "clip", None, "OpenAI's RN50.pt, or open_clip's RN50 weights: the text tower (and the "
+    "image tower without --grepq_high_level).", required=True, flag_values=FLAGS)
+_GREPQ = flags.DEFINE_string(
+    "grepq_high_level", None, "GRepQ's high_level_model_weights.pth: the fine-tuned image tower.",
+    flag_values=FLAGS)
+_OUT = flags.DEFINE_string("out", None, "The export folder to write (new or empty).",
+                           required=True, flag_values=FLAGS)
+_BPE = flags.DEFINE_string("bpe", None, f"OpenAI's {BPE_FILE}; default: the installed clip or "
+                           "open_clip package's.", flag_values=FLAGS)
+_POSITIONS = flags.DEFINE_enum(
+    "position_embedding", None, POSITION_EMBEDDINGS, "The attention pool's positional "
+    "embedding; default: none with --grepq_high_level (as GRepQ scores), else resize.",
+    flag_values=FLAGS)
+_HIDDEN_ACT = flags.DEFINE_enum(
+    "text_activation", "quick_gelu", ["quick_gelu", "gelu"], "The text MLP's activation: "
+    "quick_gelu for OpenAI's and open_clip's -quickgelu weights.", flag_values=FLAGS)
+_TRUST = flags.DEFINE_bool("trust_torchscript", False, "Read a TorchScript --clip file that is "
+                           "not OpenAI's published RN50.pt.", flag_values=FLAGS)
+
+
+def default_bpe() -> pathlib.Path:
+    """OpenAI's BPE file as the `clip` or `open_clip` package installs it (not imported)."""
+    for package in ("clip", "open_clip"):
+        spec = importlib.util.find_spec(package)
+        path = spec and spec.origin and pathlib.Path(spec.origin).with_name(BPE_FILE)
+        if path and path.is_file():
+            return path
+    raise FileNotFoundError(f"no {BPE_FILE} found: pass --bpe=PATH (it ships with OpenAI's "
+                            "clip package and with open_clip)")
+
+
+def convert_high_level(out, *, clip_file, grepq_high_level=None, bpe=None,
+                       position_embedding=None, hidden_act="quick_gelu",
+                       trust_torchscript=False, prompts=GREPQ_PROMPTS) -> dict:
+    """Writes the export (see the module docstring) into `out`; returns its metadata.
+
+    Raises WeightsError / ValueError / OSError naming the bad file, before
+    anything is written; ImportError without torch.
+    """
+    out = pathlib.Path(cli.absolute(str(out)))
+    if out.exists() and any(out.iterdir()):
+        raise ValueError(f"{out} is not empty: choose a new folder")
+    if position_embedding is None:
+        position_embedding = "none" if grepq_high_level else "resize"
+    tokenizer = clip_rn50_text.tokenizer_from_openai_bpe(bpe or default_bpe())
+    weights = torch_weights.load_clip_rn50(clip_file, trust_torchscript=trust_torchscript,
+                                           position_embedding=position_embedding,
+                                           hidden_act=hidden_act)
+    arch, variables = weights.image_arch, weights.image_variables
+    if grepq_high_level:
+        arch, variables = torch_weights.load_grepq_high_level(
+            grepq_high_level, position_embedding=position_embedding)
+    if arch.embed_dim != weights.text_arch.embed_dim:
+        raise ValueError(f"{grepq_high_level}: embeds in {arch.embed_dim} dimensions, the text "
+                         f"tower of {clip_file} in {weights.text_arch.embed_dim}")
+    tower = clip_rn50_text.text_tower(weights.text_arch, weights.text_params, tokenizer)
+    metadata = {
+        "pathway": "high_level", "encoder": "clip_rn50",
+        "arch": {**dataclasses.asdict(arch), "layers": list(arch.layers)},
+        "mean": list(clip.OPENAI_MEAN), "std": list(clip.OPENAI_STD),
+        "prompts": [list(p) for p in prompts], "dtype": "float32", "step": 0,
+        "converted_from": {
+            "clip": cli.absolute(str(clip_file)),
+            "grepq_high_level": grepq_high_level and cli.absolute(str(grepq_high_level))},
+    }
+    tree = {"encoder": variables,
+            "prompt_embeddings": clip_rn50_text.encode_prompts(tower, prompts)}
+    checkpoint.write_export(str(out), tree, metadata)
+    return metadata
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) > 1:
+        print(f"unexpected arguments: {argv[1:]}", file=sys.stderr)
+        return 2
+    logging.set_verbosity(logging.WARNING)  # Orbax logs every write at INFO.
+    try:
+        metadata = convert_high_level(
+            _OUT.value, clip_file=_CLIP.value, grepq_high_level=_GREPQ.value, bpe=_BPE.value,
+            position_embedding=_POSITIONS.value, hidden_act=_HIDDEN_ACT.value,
+            trust_torchscript=_TRUST.value)
+    except ImportError as error:
+        print(f"convert failed: {error}", file=sys.stderr)
+        return 1
+    except (ValueError, OSError) as error:  # Bad or missing files: the user's to fix.
+        print(f"convert failed: {error}", file=sys.stderr)
+        return 2
+    print(f"wrote the high-level export {_OUT.value}: {json.dumps(metadata['arch'])}",
+          file=sys.stderr)
+    return 0
+
+
+USAGE = """\
+usage: python -m grepq_jax.convert --clip=RN50.pt [--grepq_high_level=FILE] --out=DIR [flags]
+
+Converts OpenAI's / open_clip's CLIP RN50 and GRepQ's released high-level
+weights into a high-level export (needs torch: pip install 'grepq_jax[convert]').
+
+example:
+  python -m grepq_jax.convert --clip=RN50.pt \\
+      --grepq_high_level=high_level_model_weights.pth --out=exports/grepq_high_level"""
+
+
+def run_command() -> None:
+    cli.run(main, FLAGS, USAGE)
+
+
+if __name__ == "__main__":
+    run_command()
