@@ -4,6 +4,7 @@
     grepq export --low_level=runs/low_level/export --out=models/grepq
     grepq score --model=models/grepq photos/
     grepq evaluate --model=models/grepq --dataset=csv --root=DIR --out=results
+    grepq convert --clip=RN50.pt --out=runs/rn50/export   (needs torch)
 
 `grepq COMMAND ...` is `python -m grepq_jax.COMMAND ...` (train is
 grepq_jax.main); both forms stay.
@@ -35,6 +36,7 @@ COMMANDS = {
     "export": "grepq_jax.export",
     "score": "grepq_jax.score",
     "evaluate": "grepq_jax.evaluate",
+    "convert": "grepq_jax.convert",
 }
 
 
@@ -104,7 +106,9 @@ def main() -> None:
               "  train     train an encoder (python -m grepq_jax.main)\n"
               "  export    write a scoring model folder from training exports\n"
               "  score     score images with a model folder\n"
-              "  evaluate  evaluate a model folder on an IQA dataset\n\n"
+              "  evaluate  evaluate a model folder on an IQA dataset\n"
+              "  convert   turn OpenAI / open_clip / GRepQ PyTorch weights into an "
+              "export (needs torch)\n\n"
               "grepq COMMAND --help shows each command's flags."
               % ",".join(COMMANDS))
         sys.exit(0 if len(argv) >= 2 else 2)
