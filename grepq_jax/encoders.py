@@ -87,10 +87,11 @@ def check_tree(stored, expected, source: str, built_from: str) -> None:
 
 @contextlib.contextmanager
 def _orbax_quiet():
-    """Orbax logs warnings before it fails; its failure is reported instead."""
+    """Orbax logs warnings and errors before it fails; its failure is reported
+    instead, in one line."""
     logger = logging.getLogger("absl")
     level = logger.level
-    logger.setLevel(logging.ERROR)
+    logger.setLevel(logging.CRITICAL)
     try:
         yield
     finally:
@@ -120,8 +121,9 @@ def read_checked_export(directory, pathway: str) -> tuple[dict, dict, str]:
             tree, _ = checkpoint.read_export(str(directory))
     except Exception as error:  # Orbax and TensorStore raise many types.
         first_line = (str(error).splitlines() or [""])[0][:200]
-        raise ModelFolderError(f"{tree_path}: cannot read the parameters "
-                               f"({type(error).__name__}: {first_line})") from None
+        raise ModelFolderError(f"{tree_path}: cannot read the parameters, damaged or "
+                               f"incomplete ({type(error).__name__}: {first_line})"
+                               ) from None
     if not isinstance(tree, dict):
         raise ModelFolderError(f"{tree_path}: expected a tree of arrays")
     return tree, metadata, str(directory)

@@ -28,8 +28,9 @@ from absl import logging
 import numpy as np
 from PIL import Image, ImageOps
 
+# GIF: the first frame, as Pillow decodes it.
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff",
-                            ".webp"})
+                            ".webp", ".gif"})
 # Pillow's own decompression-bomb limit (it refuses larger images outright):
 # 178,956,970 px, e.g. 16,000 x 11,000.
 MAX_PIXELS = 2 * Image.MAX_IMAGE_PIXELS
