@@ -237,6 +237,7 @@ class QualityModel:
             if one_at_a_time or len(buffer) >= batch_size or pixels >= batch_pixels:
                 yield from self._analyse_buffer(buffer, needs)
                 buffer, pixels = [], 0
+            del item  # Else it holds this image while the next one is decoded.
         if buffer:
             yield from self._analyse_buffer(buffer, needs)
 

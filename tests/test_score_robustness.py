@@ -11,6 +11,7 @@ import io
 import json
 import os
 import pathlib
+import weakref
 
 import numpy as np
 from PIL import Image
@@ -225,20 +226,29 @@ def test_the_api_names_empty_arrays_and_takes_bytes_paths(model_folder, corpus):
 # Memory bounds ---------------------------------------------------------------------
 
 def _counting(items, pulled):
-    for item in items:
-        pulled.append(item[0])
-        yield item
+    for key, image in items:
+        pulled.append(key)
+        yield key, image
 
 
 def test_the_low_level_path_holds_one_image_at_a_time(model_folder):
     model = qm.QualityModel.load(model_folder)
-    pulled = []
-    items = ((k, images.to_uint8(np.full((HEIGHT, WIDTH, 3), k / 10, np.float32)))
-             for k in range(5))
-    for key, analysis in model.analyse(_counting(items, pulled), needs={"low_level_score"},
-                                       batch_size=8):
+    pulled, alive = [], []
+
+    def items():
+        for k in range(5):
+            # The previous image is gone before this one is read.
+            assert not any(ref() is not None for ref in alive), k
+            image = images.to_uint8(np.full((HEIGHT, WIDTH, 3), k / 10, np.float32))
+            alive.append(weakref.ref(image))
+            pulled.append(k)
+            yield k, image
+            del image  # This reader holds nothing once it has handed an image on.
+
+    for key, analysis in model.analyse(items(), needs={"low_level_score"}, batch_size=8):
         assert pulled == list(range(key + 1))  # Nothing read ahead.
         assert 0 < analysis.low_level_score <= 0.5
+    assert len(alive) == 5
 
 
 def test_whole_image_batches_are_capped_in_pixels(model_folder, monkeypatch):
