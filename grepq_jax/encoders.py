@@ -71,10 +71,13 @@ def check_tree(stored, expected, source: str, built_from: str) -> None:
     dtype, none is missing, and all values are finite; ModelFolderError naming
     the first array that is not."""
     have, want = _flat(stored), _flat(expected)
-    for name in sorted(set(want) - set(have)):
-        raise ModelFolderError(f"{source}: no array {name}, which {built_from} needs")
-    for name in sorted(set(have) - set(want)):
-        raise ModelFolderError(f"{source}: unexpected array {name} for {built_from}")
+    missing, extra = sorted(set(want) - set(have)), sorted(set(have) - set(want))
+    if missing:
+        raise ModelFolderError(f"{source}: no array {missing[0]} ({len(missing)} missing), "
+                               f"which {built_from} needs")
+    if extra:
+        raise ModelFolderError(f"{source}: unexpected array {extra[0]} ({len(extra)} in "
+                               f"all) for {built_from}")
     for name, spec in want.items():
         array = have[name]
         if tuple(array.shape) != tuple(spec.shape) or array.dtype != spec.dtype:

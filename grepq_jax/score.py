@@ -95,8 +95,9 @@ _SURROGATES = re.compile("[\ud800-\udfff]")
 def printable(text: str | bytes | os.PathLike) -> str:
     """A path (or a message holding one) as text any UTF-8 output takes.
 
-    os.fsdecode, then each undecodable byte (surrogate escape) is written
-    \\xNN, e.g. the name b"a_\\xff.png" -> "a_\\xff.png" (a backslash, x, ff).
+    os.fsdecode, then each byte that is not UTF-8 (a surrogate escape) is
+    written as the four characters \\xNN: the name b"a_\\xff.png" prints
+    as a_\\xff.png.
     """
     def escape(match):
         code = ord(match[0])
@@ -134,7 +135,7 @@ def as_pixels(image, *, max_pixels: int = images.MAX_PIXELS) -> np.ndarray:
         images.check_pixel_count(array.shape[1], array.shape[0], max_pixels)
     if array.dtype == np.uint8:
         if array.ndim == 2:
-            return np.broadcast_to(array[..., None], array.shape + (3,))
+            return images.grey_to_rgb(array)
         if array.ndim == 3 and array.shape[-1] == 3:
             return array
     elif np.issubdtype(array.dtype, np.floating) and array.ndim == 3 and array.shape[-1] == 3:
@@ -144,11 +145,6 @@ def as_pixels(image, *, max_pixels: int = images.MAX_PIXELS) -> np.ndarray:
         return array.astype(np.float32, copy=False)
     raise ValueError(f"expected an (H, W, 3) RGB array in [0, 1] (or uint8), got "
                      f"{array.dtype} of shape {array.shape}")
-
-
-def as_rgb(image, *, max_pixels: int = images.MAX_PIXELS) -> np.ndarray:
-    """`as_pixels`, as (H, W, 3) float32 in [0, 1]."""
-    return images.to_float(as_pixels(image, max_pixels=max_pixels))
 
 
 class Scorer:

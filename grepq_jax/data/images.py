@@ -189,7 +189,7 @@ def read_pixels(path: str | os.PathLike | bytes, *,
             f"cannot decode ({type(error).__name__}: {error})") from error
 
 
-def _grey(plane: np.ndarray) -> np.ndarray:
+def grey_to_rgb(plane: np.ndarray) -> np.ndarray:
     """(H, W) -> (H, W, 3), a read-only view (no copy)."""
     return np.broadcast_to(plane[..., None], plane.shape + (3,))
 
@@ -201,14 +201,14 @@ def pil_to_pixels(image: Image.Image) -> np.ndarray:
         values = np.asarray(image)
         if values.size and (values.min() < 0 or values.max() > 65535):
             raise UnusableImageError(f"{mode} pixels outside the 16-bit range")
-        return _grey(values.astype(np.uint16))
+        return grey_to_rgb(values.astype(np.uint16))
     if mode == "F":
         raise UnusableImageError("floating-point pixels (mode F) have no "
                                  "agreed range")
     if mode in _ALPHA_MODES or "transparency" in image.info:
         return np.asarray(image.convert("RGBA"))
     if mode in ("L", "1"):
-        return _grey(np.asarray(image.convert("L") if mode == "1" else image))
+        return grey_to_rgb(np.asarray(image.convert("L") if mode == "1" else image))
     return np.asarray(image if mode == "RGB" else image.convert("RGB"))
 
 
@@ -239,7 +239,7 @@ def pixels_to_rgb(pixels: np.ndarray) -> np.ndarray:
     """uint8 (H, W) or (H, W, 3) -> (H, W, 3) float32 in [0, 1]."""
     if pixels.dtype != np.uint8:
         raise TypeError(f"expected uint8 pixels, got {pixels.dtype}")
-    return to_float(_grey(pixels) if pixels.ndim == 2 else pixels)
+    return to_float(grey_to_rgb(pixels) if pixels.ndim == 2 else pixels)
 
 
 def to_uint8(pixels: np.ndarray) -> np.ndarray:
