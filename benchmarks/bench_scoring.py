@@ -29,6 +29,12 @@
    105 GB of attention weights per layer), which no CPU run can hold.
    --huge_low_width sets the ResNet-18's width (64: the paper's; smaller
    runs faster, its patch chunks are small next to the images either way).
+   Measured (2 shared CPU cores, width 16; 1 / 2 / 8 files): low-level only
+   824 / 990 / 993 MiB, zero_shot 2785 / 2900 / 3009 MiB (before the
+   bounded reading: 1786 / 2791 and 3189 / 6846 MiB for 1 / 2 files). The
+   last 4% of creep is glibc's sliding mmap threshold, not held images:
+   with MALLOC_MMAP_THRESHOLD_=1048576 the zero_shot peak is 2780 / 2804 /
+   2805 MiB.
 
   JAX_PLATFORMS=cpu python benchmarks/bench_scoring.py            # ~10 min on 2 cores
   JAX_PLATFORMS=cpu python benchmarks/bench_scoring.py --runs=0 --memory_counts= \
