@@ -33,8 +33,8 @@
    824 / 990 / 993 MiB, zero_shot 2785 / 2900 / 3009 MiB (before the
    bounded reading: 1786 / 2791 and 3189 / 6846 MiB for 1 / 2 files). The
    last 4% of creep is glibc's sliding mmap threshold, not held images:
-   with MALLOC_MMAP_THRESHOLD_=1048576 the zero_shot peak is 2780 / 2804 /
-   2805 MiB.
+   with MALLOC_MMAP_THRESHOLD_=1048576 the zero_shot peak after 1 / 2 / 8
+   files of one run is 2780 / 2804 / 2805 MiB.
 
   JAX_PLATFORMS=cpu python benchmarks/bench_scoring.py            # ~10 min on 2 cores
   JAX_PLATFORMS=cpu python benchmarks/bench_scoring.py --runs=0 --memory_counts= \
