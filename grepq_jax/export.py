@@ -6,7 +6,8 @@
 Copies each encoder's parameters and description, computes the pristine
 statistics once with the low-level encoder (from --pristine, a folder of
 pristine images, or by default the embedded photographs), and writes
-model.json last. Either encoder may be left out. The layout is described in
+model.json last (or --pristine_patches, the original GRepQ's patch file).
+Either encoder may be left out. The layout is described in
 grepq_jax/quality_model.py; `python -m grepq_jax.evaluate
 --fit_regressor_into_model` adds a regressor later. Nothing is written
 outside --out, which must be new or empty.
@@ -40,6 +41,10 @@ _OUT = flags.DEFINE_string("out", None, "The model folder to write (new or empty
 _PRISTINE = flags.DEFINE_string(
     "pristine", None, "A folder of pristine images (searched recursively) for the "
     "low-level statistics; default: the embedded photographs.", flag_values=FLAGS)
+_PRISTINE_PATCHES = flags.DEFINE_string(
+    "pristine_patches", None, "The original GRepQ's pristine patch file "
+    "(pristine_patches_096_0.75_0.80.hdf5) for the low-level statistics, instead of "
+    "--pristine.", flag_values=FLAGS)
 _PATCH_SIZE = flags.DEFINE_integer("patch_size", 96, "Pristine and test patch side, px.",
                                    lower_bound=32, flag_values=FLAGS)
 _CHUNK = flags.DEFINE_integer("chunk", 64, "Patches through the encoder at once.",
@@ -96,8 +101,17 @@ def export_model(out, *, low_level: str | None = None, high_level: str | None = 
         encoder = encoders.LowLevelEncoder.from_tree(tree, metadata, chunk=chunk,
                                                      source=source)
         exports[qm.LOW_LEVEL_DIR] = tree, metadata
-        stats, description["pristine"] = _pristine_statistics(
-            encoder, pristine_folder, patch_size=patch_size, chunk=chunk)
+        if pristine_patches:
+            stats = pristine.patch_file_statistics(pristine_patches, encoder.patch_features,
+                                                   chunk=chunk)
+            description["pristine"] = {"source": pristine_patches,
+                                       "num_patches": stats.num_patches,
+                                       "skipped_images": []}
+            description["zero_shot"] = {"patch_size": stats.patch_size,
+                                        "stride": stats.patch_size // 2}
+        else:
+            stats, description["pristine"] = _pristine_statistics(
+                encoder, pristine_folder, patch_size=patch_size, chunk=chunk)
     # Written only once everything above has worked.
     for name, (tree, metadata) in exports.items():
         checkpoint.write_export(str(out / name), tree, metadata)
@@ -144,10 +158,13 @@ def main(argv: list[str]) -> int:
     logging.set_verbosity(logging.WARNING)  # Orbax logs every write at INFO.
     absolute = {name: flag.value and cli.absolute(flag.value) for name, flag in (
         ("out", _OUT), ("low_level", _LOW_LEVEL), ("high_level", _HIGH_LEVEL),
-        ("pristine_folder", _PRISTINE))}
+        ("pristine_folder", _PRISTINE), ("pristine_patches", _PRISTINE_PATCHES))}
     try:
         description = export_model(**absolute, patch_size=_PATCH_SIZE.value,
                                    chunk=_CHUNK.value)
+    except ImportError as error:  # h5py, for --pristine_patches.
+        print(f"export failed: {error}", file=sys.stderr)
+        return 1
     except (ValueError, OSError) as error:  # Bad exports, folders or pristine images.
         print(f"export failed: {error}", file=sys.stderr)
         return 2

@@ -177,7 +177,7 @@ class QualityModel:
         height, width = shape[:2]
         sides = []
         if "high_level" in needs:
-            sides.append((self.high_level.patch_size, "the high-level encoder's patch"))
+            sides.append((self.high_level.min_side, "the high-level encoder's minimum"))
         if "low_level_features" in needs:
             sides.append((_MIN_LOW_LEVEL_SIDE, "the low-level encoder's minimum"))
         if "low_level_score" in needs:
