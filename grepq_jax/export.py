@@ -77,15 +77,21 @@ def _check_out_folder(out: pathlib.Path) -> None:
 
 
 def export_model(out, *, low_level: str | None = None, high_level: str | None = None,
-                 pristine_folder: str | None = None, patch_size: int = 96,
-                 chunk: int = 64) -> dict:
+                 pristine_folder: str | None = None, pristine_patches: str | None = None,
+                 patch_size: int = 96, chunk: int = 64) -> dict:
     """Writes the model folder `out` from training export folders.
 
+    The pristine statistics come from `pristine_folder` (images, selected
+    here), `pristine_patches` (the original's patch file, already selected;
+    its patch size replaces `patch_size`) or the embedded photographs.
     Returns its description (model.json). Raises ValueError when neither
-    encoder is given, FileExistsError when `out` is not new or empty.
+    encoder is given, both pristine sources are, or a pristine source is
+    unusable, FileExistsError when `out` is not new or empty.
     """
     if not (low_level or high_level):
         raise ValueError("give at least one of the low-level and high-level exports")
+    if pristine_folder and pristine_patches:
+        raise ValueError("give a pristine image folder or a pristine patch file, not both")
     out = pathlib.Path(out).absolute()  # Orbax wants absolute paths.
     _check_out_folder(out)
     description = {"format_version": qm.FORMAT_VERSION, "low_level": bool(low_level),
