@@ -5,9 +5,9 @@
 
 Copies each encoder's parameters and description, computes the pristine
 statistics once with the low-level encoder (from --pristine, a folder of
-pristine images, or by default the embedded photographs), and writes
-model.json last (or --pristine_patches, the original GRepQ's patch file).
-Either encoder may be left out. The layout is described in
+pristine images, --pristine_patches, the original GRepQ's patch file, or by
+default the embedded photographs), and writes model.json last. Either
+encoder may be left out. The layout is described in
 grepq_jax/quality_model.py; `python -m grepq_jax.evaluate
 --fit_regressor_into_model` adds a regressor later. Nothing is written
 outside --out, which must be new or empty.
@@ -107,17 +107,10 @@ def export_model(out, *, low_level: str | None = None, high_level: str | None = 
         encoder = encoders.LowLevelEncoder.from_tree(tree, metadata, chunk=chunk,
                                                      source=source)
         exports[qm.LOW_LEVEL_DIR] = tree, metadata
-        if pristine_patches:
-            stats = pristine.patch_file_statistics(pristine_patches, encoder.patch_features,
-                                                   chunk=chunk)
-            description["pristine"] = {"source": pristine_patches,
-                                       "num_patches": stats.num_patches,
-                                       "skipped_images": []}
-            description["zero_shot"] = {"patch_size": stats.patch_size,
-                                        "stride": stats.patch_size // 2}
-        else:
-            stats, description["pristine"] = _pristine_statistics(
-                encoder, pristine_folder, patch_size=patch_size, chunk=chunk)
+        stats, description["pristine"] = _pristine_statistics(
+            encoder, pristine_folder, pristine_patches, patch_size=patch_size, chunk=chunk)
+        description["zero_shot"] = {"patch_size": stats.patch_size,
+                                    "stride": stats.patch_size // 2}
     # Written only once everything above has worked.
     for name, (tree, metadata) in exports.items():
         checkpoint.write_export(str(out / name), tree, metadata)
@@ -127,19 +120,23 @@ def export_model(out, *, low_level: str | None = None, high_level: str | None = 
     return description
 
 
-def _pristine_statistics(encoder: qm.LowLevelEncoder, folder: str | None, *,
-                         patch_size: int, chunk: int):
+def _pristine_statistics(encoder: qm.LowLevelEncoder, folder: str | None,
+                         patch_file: str | None, *, patch_size: int, chunk: int):
     """The statistics, computed once, and what model.json says of them."""
     skipped: list[tuple[str, str]] = []
-    stats = pristine.pristine_statistics(pristine_images(folder, skipped),
-                                         encoder.patch_features, patch_size=patch_size,
-                                         chunk=chunk)
+    if patch_file:  # Already selected by the original; its patch size holds.
+        stats = pristine.patch_file_statistics(patch_file, encoder.patch_features,
+                                               chunk=chunk)
+    else:
+        stats = pristine.pristine_statistics(pristine_images(folder, skipped),
+                                             encoder.patch_features,
+                                             patch_size=patch_size, chunk=chunk)
     if stats.num_patches <= len(stats.mu):
         logging.warning("only %d pristine patches for %d features: the covariance is "
                         "singular (the distance's 1e-3 ridge keeps it usable); a larger "
                         "--pristine folder gives better statistics",
                         stats.num_patches, len(stats.mu))
-    return stats, {"source": folder or "embedded photographs",
+    return stats, {"source": patch_file or folder or "embedded photographs",
                    "num_patches": stats.num_patches,
                    "skipped_images": [path for path, _ in skipped]}
 

@@ -10,7 +10,10 @@ A model folder (written by `grepq_jax.export`) holds:
                              "batch_stats"} and {"pathway", "model", "step"}
     high_level/              checkpoint.write_export of {"encoder",
                              "prompt_embeddings" (P, 2, D)} and {"pathway",
-                             "arch", "mean", "std", "prompts", "dtype", "step"}
+                             "encoder" ("clip_vit" if absent, or "clip_rn50":
+                             then tree["encoder"] is {"params",
+                             "batch_stats"}), "arch", "mean", "std",
+                             "prompts", "dtype", "step"}
     pristine_statistics.npz  PristineStatistics.to_arrays() (with low_level/)
     regressor.npz            RidgeRegressor.to_arrays() (optional)
     regressor.json           what the regressor reads and predicts (optional)

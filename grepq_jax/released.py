@@ -142,6 +142,10 @@ def package_released_grepq(out, *, low_level: str | None = None,
     ImportError without torch or h5py; `out` is then left as it was.
     """
     out = pathlib.Path(cli.absolute(str(out)))
+    # Made absolute once, so model.json names the files wherever it is read.
+    low_level, high_level, clip_file, pristine_patches, pristine_folder = (
+        path and cli.absolute(str(path))
+        for path in (low_level, high_level, clip_file, pristine_patches, pristine_folder))
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise FileExistsError(f"{out} exists and is not an empty folder; choose a new one")
     out.parent.mkdir(parents=True, exist_ok=True)

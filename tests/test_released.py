@@ -28,8 +28,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from grepq_jax import checkpoint, export, pristine, released, score
-from grepq_jax.encoders import ModelFolderError
+from grepq_jax import checkpoint, export, released, score, zero_shot
+from grepq_jax.data import images
 from grepq_jax.models import clip
 from grepq_jax.models.clip_rn50_convert import convert_modified_resnet
 
@@ -52,10 +52,6 @@ def _stored():
             float(stored[f"{name}_checksum"]), rel=1e-12), (
             "the weight generator changed; rerun tests/fixtures/make_released_reference.py")
     return stored
-
-
-def _test_files(folder):
-    return reference.test_files(folder)
 
 
 def _scores(model_folder, paths):
@@ -103,15 +99,15 @@ def test_rebuilt_released_weights_score_as_the_original(tmp_path):
         pristine_patches=str(patch_file))
     assert description["pristine"]["num_patches"] == len(stored["pristine_index"])
     assert description["zero_shot"] == {"patch_size": 96, "stride": 48}
-    paths = _test_files(tmp_path)
+    paths = reference.test_files(tmp_path)
     _assert_equal_to_the_original(_scores(tmp_path / "model", paths))
     # What the sigmoids take, more tightly: the NIQE distance (ours in float64,
     # theirs float32) and the prompt margin.
     model = score.create_scorer(tmp_path / "model").model
-    from grepq_jax.data import images
     for index, path in enumerate(paths):
         image = images.read_image(path)
-        distance = released_distance(model, image)
+        distance = zero_shot.image_low_level_distance(image, model.low_level.patch_features,
+                                                      model.pristine_stats)
         # Measured 2.3e-6 relative; a score tolerance of 1e-4 alone allows 4% on d ~ 1.
         assert distance == pytest.approx(stored["ll_distance"][index], rel=1e-5)
         emb = model.high_level.embeddings(image[None])
@@ -120,12 +116,6 @@ def test_rebuilt_released_weights_score_as_the_original(tmp_path):
             prompts, axis=-1, keepdims=True)).T
         assert cosine[0, 0] - cosine[0, 1] == pytest.approx(stored["hl_margin"][index],
                                                             abs=1e-6)
-
-
-def released_distance(model, image):
-    from grepq_jax import zero_shot
-    return zero_shot.image_low_level_distance(image, model.low_level.patch_features,
-                                              model.pristine_stats)
 
 
 @pytest.mark.skipif(not HAS_TORCH, reason="writing the released files needs torch")
@@ -141,5 +131,6 @@ def test_released_files_package_into_a_model_folder_scoring_as_the_original(
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
     low_meta = checkpoint.read_export(str(tmp_path / "grepq" / "low_level"))[1]
     assert low_meta["step"] == reference.ITERATION
+    assert description["pristine"]["source"] == str(tmp_path / reference.PATCH_FILE)
     assert len(files["pristine_index"]) == len(_stored()["pristine_index"])
-    _assert_equal_to_the_original(_scores(tmp_path / "grepq", _test_files(tmp_path)))
+    _assert_equal_to_the_original(_scores(tmp_path / "grepq", reference.test_files(tmp_path)))
