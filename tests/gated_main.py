@@ -5,10 +5,10 @@
 HELD is a comma-separated list of batch indices (maybe empty). Before the
 trainer gets batch s, the one that ends at step s + 1, for s in HELD, this
 process creates GATES/s.reached.PID and waits until the test creates the file
-GATES/s. A fault test
-can then kill or signal the run at a known point instead of racing it: the
-run cannot get past a closed gate, however fast or slow the machine.
-Everything else is the unchanged command.
+GATES/s. A fault test can then kill or signal the run at a known point
+instead of racing it: the run cannot get past a closed gate, however fast or
+slow the machine. Everything else is the unchanged command; `command` writes
+the line.
 """
 
 import os
@@ -18,6 +18,12 @@ import sys
 import time
 
 from grepq_jax.data import stream
+
+
+def command(gates, held, config: str, workdir, *flags: str) -> list[str]:
+    """The command line of a training run whose batches `held` wait at gates."""
+    return [sys.executable, __file__, str(gates), ",".join(map(str, held)),
+            f"--config={config}", f"--workdir={workdir}", *flags]
 
 
 def gated(make_batches, gates: pathlib.Path, held: set[int]):

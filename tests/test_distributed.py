@@ -1,10 +1,8 @@
 """Multi-process data parallelism on one machine, and when to join a job."""
 
 import functools
-from pathlib import Path
 import re
 import signal
-import sys
 
 import jax
 import numpy as np
@@ -15,10 +13,10 @@ from grepq_jax import checkpoint
 from grepq_jax import distributed
 from grepq_jax import train
 from conftest import params_of, read_scalars
+import gated_main
 from run_main import Child, child_env, free_port
 
 STEPS = 6
-GATED_MAIN = Path(__file__).with_name("gated_main.py")
 # XLA's log line once JAX's preemption protocol has picked the step to stop at.
 SYNC_POINT_SET = "Preemption sync counter is set"
 CLUSTER_VARIABLES = (
@@ -42,20 +40,18 @@ def start_pair(folder, workdir, logs, gates, held=()) -> list[Child]:
     env = dict(child_env(devices=2), TF_CPP_MIN_LOG_LEVEL="0")
     return [
         Child(
-            [
-                sys.executable,
-                str(GATED_MAIN),
-                str(gates),
-                ",".join(map(str, held)),
-                "--config=configs/low_level.py:tiny",
-                f"--workdir={workdir}",
+            gated_main.command(
+                gates,
+                held,
+                "configs/low_level.py:tiny",
+                workdir,
                 f"--config.data.path={folder}",
                 f"--config.num_epochs={STEPS}",  # 8 photos, batch 8
                 "--config.checkpoint_every_steps=1",
                 f"--coordinator_address=127.0.0.1:{port}",
                 "--num_processes=2",
                 f"--process_id={i}",
-            ],
+            ),
             env,
             logs.with_name(f"{logs.name}_process_{i}.log"),
         )

@@ -9,11 +9,9 @@ same compiled program (8 CPU devices in both), batches a pure function of
 
 import dataclasses
 import functools
-from pathlib import Path
 import re
 import shutil
 import signal
-import sys
 
 import jax
 import jax.numpy as jnp
@@ -24,9 +22,8 @@ from configs import low_level as low_level_config
 from grepq_jax import checkpoint
 from grepq_jax import train
 from conftest import params_of
+import gated_main
 from run_main import Child, child_env
-
-GATED_MAIN = Path(__file__).with_name("gated_main.py")
 
 TOTAL_STEPS = 12  # 8 photos, 2 a step, 3 epochs
 
@@ -52,8 +49,7 @@ def run_command(folder, workdir, gates, held=()) -> list[str]:
     """The training command; the batches of steps `held` (0-based: batch s
     ends at step s + 1) wait until the test creates `gates`/s."""
     flags = [f"--config.{k}={v}" for k, v in overrides(folder).items()]
-    return [sys.executable, str(GATED_MAIN), str(gates), ",".join(map(str, held)),
-            "--config=configs/low_level.py:tiny", f"--workdir={workdir}", *flags]
+    return gated_main.command(gates, held, "configs/low_level.py:tiny", workdir, *flags)
 
 
 def committed_steps(workdir) -> list[int]:
