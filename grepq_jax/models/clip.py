@@ -1,8 +1,9 @@
 """The high-level (CLIP) model: a trainable image tower and frozen prompt embeddings.
 
-This is the ONLY module that imports transformers' CLIP classes (they are
+This module and clip_rn50_text.py (OpenAI's text tower as HF's Flax CLIP text
+model) are the only ones that import transformers' CLIP classes (they are
 deprecated upstream; 4.57.x is the last line that has them), so an upstream
-change touches this file alone.
+change touches these two files alone.
 
 Image-tower param tree (`ClipImageEncoder`), identical to the matching subtrees
 of `FlaxCLIPModel.params`, so `vision_params_from_pretrained` only selects:

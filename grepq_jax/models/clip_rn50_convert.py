@@ -42,7 +42,7 @@ import numpy as np
 from flax.traverse_util import flatten_dict, unflatten_dict
 
 from grepq_jax.models import clip_rn50, clip_rn50_text
-from grepq_jax.models.torch_convert import _convert, _torchvision_key, _variable_shapes
+from grepq_jax.models.torch_convert import convert_state_dict, torchvision_key, variable_shapes
 
 _CLIP_EXTRAS = ("logit_scale", "input_resolution", "context_length", "vocab_size")
 
@@ -111,7 +111,7 @@ def _image_key(path: tuple) -> str:
     """("params", "layer2_0", "downsample_bn", "scale") -> "layer2.0.downsample.1.weight"."""
     if path[-1] == "positional_embedding":
         return "attnpool.positional_embedding"
-    return _torchvision_key(path)
+    return torchvision_key(path)
 
 
 def convert_modified_resnet(state: Mapping[str, np.ndarray], *, source: str,
@@ -122,10 +122,10 @@ def convert_modified_resnet(state: Mapping[str, np.ndarray], *, source: str,
     """
     arch = image_arch_from_state_dict(state, source=source, heads=heads,
                                       position_embedding=position_embedding)
-    template = _variable_shapes(clip_rn50.ModifiedResNet(arch))
+    template = variable_shapes(clip_rn50.ModifiedResNet(arch))
     try:
-        variables = _convert(state, template, _image_key,
-                             lambda k: k.endswith(".num_batches_tracked"))
+        variables = convert_state_dict(state, template, _image_key,
+                                       lambda k: k.endswith(".num_batches_tracked"))
     except (KeyError, ValueError) as err:
         raise WeightsError(f"{source}: {err.args[0]}") from None
     return arch, variables
