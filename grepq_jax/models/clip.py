@@ -26,6 +26,7 @@ import json
 import os
 import pathlib
 import socket
+import tempfile
 import urllib.parse
 from collections.abc import Sequence
 from typing import Any
@@ -420,6 +421,14 @@ def _write_bpe(directory: pathlib.Path) -> tuple[pathlib.Path, pathlib.Path, int
     vocab_file.write_text(json.dumps(vocab_ids))
     merges_file.write_text("#version: 0.2\n" + "\n".join(dict.fromkeys(merges)) + "\n")
     return vocab_file, merges_file, len(vocab_ids), vocab_ids["<|endoftext|>"]
+
+
+def tiny_tokenizer() -> CLIPTokenizerFast:
+    """The tiny CLIP's tokenizer (TINY_WORDS as single tokens, the specials
+    last), built in memory: for tiny text towers of other shapes too."""
+    with tempfile.TemporaryDirectory() as directory:
+        vocab_file, merges_file, _, _ = _write_bpe(pathlib.Path(directory))
+        return CLIPTokenizerFast(str(vocab_file), str(merges_file))
 
 
 def _tiny_clip_config(vocab_size: int, eos_id: int) -> CLIPConfig:

@@ -36,10 +36,8 @@ import re
 from collections.abc import Mapping
 from typing import NamedTuple
 
-import jax
-import jax.numpy as jnp
 import numpy as np
-from flax.traverse_util import flatten_dict, unflatten_dict
+from flax.traverse_util import unflatten_dict
 
 from grepq_jax.models import clip_rn50, clip_rn50_text
 from grepq_jax.models.torch_convert import convert_state_dict, torchvision_key, variable_shapes
@@ -178,13 +176,6 @@ def _text_source(path: tuple) -> tuple[str, int | None]:
     return f"{block}.{group}{_TEXT_MODULES[module]}.{_TEXT_LEAVES[leaf]}", None
 
 
-def _text_template(arch: clip_rn50_text.TextArch) -> dict:
-    ids = jax.ShapeDtypeStruct((1, arch.context_length), jnp.int32)
-    shapes = jax.eval_shape(
-        lambda i: clip_rn50_text.text_module(arch).init(jax.random.key(0), i, i, i), ids)
-    return flatten_dict(shapes["params"])
-
-
 def _text_value(state, path, spec, source) -> tuple[str, np.ndarray]:
     key, third = _text_source(path)
     value = _required(state, key, source)
@@ -205,7 +196,7 @@ def convert_openai_text(state: Mapping[str, np.ndarray], *, source: str, heads: 
     """OpenAI CLIP text keys (no `visual.*`) -> (arch, params of text_module(arch))."""
     arch = text_arch_from_state_dict(state, source=source, heads=heads, hidden_act=hidden_act)
     params, used = {}, set()
-    for path, spec in _text_template(arch).items():
+    for path, spec in clip_rn50_text.param_shapes(arch).items():
         key, params[path] = _text_value(state, path, spec, source)
         used.add(key)
     unexpected = sorted(set(state) - used)
