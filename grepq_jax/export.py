@@ -25,7 +25,7 @@ from absl import flags
 from absl import logging
 import numpy as np
 
-from grepq_jax import checkpoint, cli, pristine
+from grepq_jax import checkpoint, cli, encoders, pristine
 from grepq_jax import quality_model as qm
 from grepq_jax.data import corpus, images
 from grepq_jax.regression import RidgeRegressor
@@ -65,11 +65,6 @@ def pristine_images(folder: str | None, skipped: list[tuple[str, str]]
             skipped.append((str(path), str(error)))
 
 
-def _absolute(path: str) -> str:
-    """Orbax wants absolute paths; gs:// and other URLs pass unchanged."""
-    return path if "://" in path else str(pathlib.Path(path).absolute())
-
-
 def _check_out_folder(out: pathlib.Path) -> None:
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise FileExistsError(f"{out} exists and is not an empty folder; choose "
@@ -92,13 +87,15 @@ def export_model(out, *, low_level: str | None = None, high_level: str | None = 
                    "high_level": bool(high_level), "regressor": False,
                    "zero_shot": {"patch_size": patch_size, "stride": patch_size // 2}}
     exports, stats = {}, None
-    if high_level:
-        exports[qm.HIGH_LEVEL_DIR] = checkpoint.read_export(_absolute(high_level))
-        qm.HighLevelEncoder.from_tree(*exports[qm.HIGH_LEVEL_DIR], source=high_level)
+    if high_level:  # Each export is checked as a model folder would be.
+        tree, metadata, source = encoders.read_checked_export(high_level, "high_level")
+        encoders.HighLevelEncoder.from_tree(tree, metadata, source=source)
+        exports[qm.HIGH_LEVEL_DIR] = tree, metadata
     if low_level:
-        exports[qm.LOW_LEVEL_DIR] = checkpoint.read_export(_absolute(low_level))
-        encoder = qm.LowLevelEncoder.from_tree(*exports[qm.LOW_LEVEL_DIR], chunk=chunk,
-                                               source=low_level)
+        tree, metadata, source = encoders.read_checked_export(low_level, "low_level")
+        encoder = encoders.LowLevelEncoder.from_tree(tree, metadata, chunk=chunk,
+                                                     source=source)
+        exports[qm.LOW_LEVEL_DIR] = tree, metadata
         stats, description["pristine"] = _pristine_statistics(
             encoder, pristine_folder, patch_size=patch_size, chunk=chunk)
     # Written only once everything above has worked.
@@ -145,11 +142,12 @@ def main(argv: list[str]) -> int:
         print(f"unexpected arguments: {argv[1:]}", file=sys.stderr)
         return 2
     logging.set_verbosity(logging.WARNING)  # Orbax logs every write at INFO.
+    absolute = {name: flag.value and cli.absolute(flag.value) for name, flag in (
+        ("out", _OUT), ("low_level", _LOW_LEVEL), ("high_level", _HIGH_LEVEL),
+        ("pristine_folder", _PRISTINE))}
     try:
-        description = export_model(_OUT.value, low_level=_LOW_LEVEL.value,
-                                   high_level=_HIGH_LEVEL.value,
-                                   pristine_folder=_PRISTINE.value,
-                                   patch_size=_PATCH_SIZE.value, chunk=_CHUNK.value)
+        description = export_model(**absolute, patch_size=_PATCH_SIZE.value,
+                                   chunk=_CHUNK.value)
     except (ValueError, OSError) as error:  # Bad exports, folders or pristine images.
         print(f"export failed: {error}", file=sys.stderr)
         return 2

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
 import pathlib
 import socket
@@ -53,6 +54,11 @@ from transformers.utils import cached_file
 from grepq_jax import errors
 
 # OpenAI's normalisation, used when a checkpoint ships no preprocessor config.
+# transformers 4.57 is pinned knowingly, as the last line with Flax CLIP; its
+# notice that the Flax classes go in v5 is for us, not for a user's log.
+logging.getLogger("transformers.modeling_flax_utils").addFilter(
+    lambda record: "TensorFlow and JAX classes are deprecated" not in record.getMessage())
+
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
 
