@@ -26,9 +26,10 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+from flax.traverse_util import flatten_dict
 
 from grepq_jax import checkpoint
-from grepq_jax.models import clip, clip_rn50
+from grepq_jax.models import clip, clip_rn50, torch_convert
 
 ENCODERS = ("clip_vit", "clip_rn50")
 _ARCHES = {"clip_vit": lambda fields: clip.ClipVisionArch(**fields),
@@ -125,8 +126,39 @@ def from_tree(tree: dict, metadata: dict, source: str) -> HighLevelExport:
         arch = _ARCHES[encoder](metadata["arch"])
     except (KeyError, TypeError, ValueError) as err:
         raise ExportError(f"{source}: bad 'arch' for {encoder}: {err}") from None
+    if set(tree) != {"encoder", "prompt_embeddings"}:
+        raise ExportError(f"{source}: holds {sorted(tree)}, expected encoder and "
+                          "prompt_embeddings")
     variables = tree["encoder"] if encoder == "clip_rn50" else {"params": tree["encoder"]}
-    return HighLevelExport(encoder, arch, variables, tree["prompt_embeddings"], metadata)
+    _check_variables(variables, variable_shapes(tower_module(encoder, arch)), source)
+    prompts = tree["prompt_embeddings"]
+    if prompts.ndim != 3 or prompts.shape[1:] != (2, arch.embed_dim):
+        raise ExportError(f"{source}: prompt_embeddings of shape {prompts.shape}, expected "
+                          f"(pairs, 2, {arch.embed_dim})")
+    return HighLevelExport(encoder, arch, variables, prompts, metadata)
+
+
+def variable_shapes(module) -> dict:
+    """{(collection, *names): ShapeDtypeStruct} of a tower's variables, abstractly."""
+    if isinstance(module, clip_rn50.ModifiedResNet):
+        return torch_convert.variable_shapes(module)
+    size = module.arch.image_size
+    images = jax.ShapeDtypeStruct((1, size, size, 3), jnp.float32)
+    return flatten_dict(jax.eval_shape(lambda x: module.init(jax.random.key(0), x), images))
+
+
+def _check_variables(variables: dict, expected: dict, source: str) -> None:
+    """ExportError naming the first array missing, unexpected or of another shape."""
+    stored = flatten_dict(variables)
+    for path in sorted(expected.keys() | stored.keys()):
+        name = "/".join(path)
+        if path not in stored:
+            raise ExportError(f"{source}: the encoder lacks {name}, which its arch needs")
+        if path not in expected:
+            raise ExportError(f"{source}: the encoder's {name} is not in its arch")
+        if stored[path].shape != expected[path].shape:
+            raise ExportError(f"{source}: the encoder's {name} has shape {stored[path].shape}, "
+                              f"its arch needs {expected[path].shape}")
 
 
 def read(directory: str) -> HighLevelExport:

@@ -163,6 +163,18 @@ def test_the_export_reader_loads_both_towers_in_inference_mode(tmp_path):
     # Stored statistics: an image's embedding does not depend on its batch.
     np.testing.assert_allclose(together, alone, rtol=1e-5, atol=1e-6)
     assert together.shape == (3, 16) and np.abs(together[0] - together[1]).max() > 1e-3
+    # A damaged or mismatched export is refused, naming the array.
+    tree = {"encoder": jax.tree.map(np.asarray, exported.variables),
+            "prompt_embeddings": exported.prompt_embeddings}
+    del tree["encoder"]["batch_stats"]["layer2_0"]["bn3"]["var"]
+    with pytest.raises(high_level_export.ExportError,
+                       match="^rn50: the encoder lacks batch_stats/layer2_0/bn3/var"):
+        high_level_export.from_tree(tree, exported.metadata, source="rn50")
+    metadata = {**exported.metadata, "arch": {**exported.metadata["arch"], "width": 16}}
+    with pytest.raises(high_level_export.ExportError, match=r"^rn50: the encoder's batch_stats/"
+                                                            r"bn1/mean has shape \(4,\), its "
+                                                            r"arch needs \(8,\)"):
+        high_level_export.from_tree(tree, metadata, source="rn50")
     # An export written before "encoder" was recorded holds a ViT.
     vit = high_level_export.read(str(write_vit_export(tmp_path / "vit")))
     assert vit.encoder == "clip_vit" and set(vit.variables) == {"params"}
