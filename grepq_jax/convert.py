@@ -9,8 +9,8 @@ training run writes it) with encoder "clip_rn50", step 0 and
 one with --grepq_high_level, else OpenAI's own) with its BatchNorm
 statistics, and the prompt embeddings of OpenAI's frozen text tower, as GRepQ
 scores with them. `configs/high_level.py:paper` trains from OpenAI's, as the
-paper does. Needs torch (`pip install 'grepq_jax[convert]'`); training and
-scoring from the export do not.
+paper does. Needs torch (`pip install 'grepq_jax[convert]'`); training from the
+export does not.
 
 The tokenizer is built from OpenAI's BPE file (--bpe; by default the one the
 installed `clip` or `open_clip` package ships). OpenAI's RN50.pt is a

@@ -1,7 +1,7 @@
 """A tiny random CLIP ResNet (image tower + text tower) for smoke runs and tests.
 
-What `configs/high_level.py:tiny_rn50` trains: offline, drawn with NumPy in
-well under a second (no compile), seeded. Not a quality model.
+What `configs/high_level.py:tiny_rn50` trains: offline, the weights drawn
+with NumPy (seeded; no init to compile). Not a quality model.
 
     image tower  ModifiedResNetArch(layers (1, 1, 1, 1), width 8, 2 pool heads,
                  embed_dim 16, native size 64)
