@@ -198,6 +198,9 @@ def test_rn50_config_errors_name_the_fix(photo_folder, tmp_path, monkeypatch):
     with pytest.raises(errors.UsageError, match=r"holds the embeddings of \(\('a good photo."):
         train.train_and_evaluate(config, "run")
     config = tiny_rn50_config(photo_folder)
+    config.model.position_embedding = "bicubic"
+    with pytest.raises(errors.UsageError, match="config.model.position_embedding: .*'bicubic'"):
+        train.train_and_evaluate(config, "run")
     config.model.encoder = "clip_rn101"
     with pytest.raises(errors.UsageError, match="config.model.encoder: unknown 'clip_rn101'"):
         train.train_and_evaluate(config, "run")

@@ -121,9 +121,12 @@ def load_rn50(model_config: ml_collections.ConfigDict, workdir: str) -> Tower:
             "prompts to those, or convert with yours "
             "(grepq_jax.convert.convert_high_level(prompts=...))"
         )
-    arch = dataclasses.replace(
-        exported.arch, position_embedding=model_config.position_embedding
-    )
+    try:
+        arch = dataclasses.replace(
+            exported.arch, position_embedding=model_config.position_embedding
+        )
+    except ValueError as error:
+        raise ValueError(f"config.model.position_embedding: {error}") from None
     return Tower(
         name="clip_rn50",
         module=clip_rn50.ModifiedResNet(arch, dtype=DTYPES[model_config.dtype]),
