@@ -9,6 +9,7 @@ here with ModelFolderError naming the file and the key, never later inside
 a compiled program.
 """
 import contextlib
+import dataclasses
 import functools
 import json
 import logging
@@ -23,7 +24,7 @@ import ml_collections
 import numpy as np
 
 from grepq_jax import checkpoint, cli, zero_shot
-from grepq_jax.models import clip
+from grepq_jax.models import clip, clip_rn50
 from grepq_jax.pathways import DTYPES
 from grepq_jax.pathways import low_level as low_level_pathway
 
@@ -225,16 +226,19 @@ class LowLevelEncoder:
 
 _ARCH_INTS = ("image_size", "patch_size", "width", "layers", "heads", "mlp_dim",
               "embed_dim")
+_RN50_ARCH_INTS = ("width", "heads", "embed_dim", "image_size")
 
 
-def _check_high_level_metadata(metadata: dict, source: str) -> clip.ClipVisionArch:
-    """The metadata's keys and values; returns the architecture it names."""
+def _check_high_level_metadata(metadata: dict, source: str) -> str:
+    """The keys and values every high-level export has; returns its encoder kind."""
     if require(metadata, "pathway", str, source) != "high_level":
         raise ModelFolderError(f"{source}: expected a high_level export, got pathway "
                                f"{metadata['pathway']!r}")
-    arch = require(metadata, "arch", dict, source)
-    for key in _ARCH_INTS:
-        require(arch, key, int, f"{source} (arch)", positive=True)
+    # Exports written before RN50 existed have no "encoder": they are ViTs.
+    kind = metadata.get("encoder", "clip_vit")
+    if kind not in HIGH_LEVEL_TOWERS:
+        raise ModelFolderError(f"{source}: encoder must be one of "
+                               f"{sorted(HIGH_LEVEL_TOWERS)}, got {kind!r}")
     for key in ("mean", "std"):
         values = require(metadata, key, list, source)
         if len(values) != 3 or not all(isinstance(v, (int, float)) and math.isfinite(v)
@@ -244,7 +248,7 @@ def _check_high_level_metadata(metadata: dict, source: str) -> clip.ClipVisionAr
     if require(metadata, "dtype", str, source) not in DTYPES:
         raise ModelFolderError(f"{source}: dtype must be one of {sorted(DTYPES)}, "
                                f"got {metadata['dtype']!r}")
-    return _build(source, "architecture", lambda: clip.ClipVisionArch(**arch))
+    return kind
 
 
 def _check_prompt_embeddings(prompts, embed_dim: int, source: str) -> np.ndarray:
@@ -257,21 +261,87 @@ def _check_prompt_embeddings(prompts, embed_dim: int, source: str) -> np.ndarray
     return prompts.astype(np.float32)
 
 
-class HighLevelEncoder:
-    """The CLIP image tower in inference mode and the prompt embeddings."""
+@dataclasses.dataclass(frozen=True)
+class HighLevelTower:
+    """One kind of CLIP image tower, rebuilt and checked from an export.
 
-    def __init__(self, arch: clip.ClipVisionArch, params: dict,
-                 prompt_embeddings: np.ndarray, metadata: dict):
-        self.arch, self.metadata = arch, metadata
+    apply(variables, pixels) maps (B, H, W, 3) CLIP-normalised pixels to (B,
+    D); variables are what `apply` takes; min_side is the smallest image side
+    in pixels it accepts; arch has at least `embed_dim`.
+    """
+    arch: Any
+    apply: Any
+    variables: dict
+    min_side: int
+
+
+def _vit_tower(metadata: dict, stored, meta_source: str, tree_source: str,
+               dtype) -> HighLevelTower:
+    """CLIP ViT (models/clip.py): tree["encoder"] is its params; H and W are
+    cropped to multiples of the patch size by the encoder."""
+    arch = require(metadata, "arch", dict, meta_source)
+    for key in _ARCH_INTS:
+        require(arch, key, int, f"{meta_source} (arch)", positive=True)
+    arch = _build(meta_source, "architecture", lambda: clip.ClipVisionArch(**arch))
+    size = arch.image_size
+    expected = _build(meta_source, "encoder", lambda: jax.eval_shape(
+        clip.ClipImageEncoder(arch).init, jax.random.key(0),
+        jax.ShapeDtypeStruct((1, size, size, 3), jnp.float32))["params"])
+    check_tree(stored, expected, tree_source, f"the encoder in {meta_source}")
+    encoder = clip.ClipImageEncoder(arch, dtype=dtype)
+    return HighLevelTower(arch, lambda params, pixels: encoder.apply({"params": params},
+                                                                     pixels),
+                          stored, arch.patch_size)
+
+
+def _rn50_tower(metadata: dict, stored, meta_source: str, tree_source: str,
+                dtype) -> HighLevelTower:
+    """CLIP's ModifiedResNet (models/clip_rn50.py): tree["encoder"] is
+    {"params", "batch_stats"}, applied in inference mode; no patch size, so
+    nothing is cropped (the pools floor odd sides as OpenAI's do)."""
+    fields = require(metadata, "arch", dict, meta_source)
+    arch_source = f"{meta_source} (arch)"
+    for key in _RN50_ARCH_INTS:
+        require(fields, key, int, arch_source, positive=True)
+    layers = require(fields, "layers", list, arch_source)
+    if not all(isinstance(n, int) and not isinstance(n, bool) for n in layers):
+        raise ModelFolderError(f"{arch_source}: layers must be integers, got {layers!r}")
+    require(fields, "position_embedding", str, arch_source)
+    arch = _build(meta_source, "architecture",
+                  lambda: clip_rn50.ModifiedResNetArch.from_dict(fields))
+    size = arch.image_size
+    expected = _build(meta_source, "encoder", lambda: jax.eval_shape(
+        functools.partial(clip_rn50.ModifiedResNet(arch).init, train=False),
+        jax.random.key(0), jax.ShapeDtypeStruct((1, size, size, 3), jnp.float32)))
+    if not isinstance(stored, dict):
+        raise ModelFolderError(f"{tree_source}: no encoder tree, which the encoder "
+                               f"in {meta_source} needs")
+    variables = {name: stored.get(name) for name in ("params", "batch_stats")}
+    check_tree(variables, dict(expected), tree_source, f"the encoder in {meta_source}")
+    encoder = clip_rn50.ModifiedResNet(arch, dtype=dtype)
+    return HighLevelTower(
+        arch, lambda variables, pixels: encoder.apply(variables, pixels, train=False),
+        variables, clip_rn50.MIN_SIDE)
+
+
+# metadata["encoder"] -> the builder of that tower.
+HIGH_LEVEL_TOWERS = {"clip_vit": _vit_tower, "clip_rn50": _rn50_tower}
+
+
+class HighLevelEncoder:
+    """A CLIP image tower (ViT or RN50) in inference mode and the prompt embeddings."""
+
+    def __init__(self, tower: HighLevelTower, prompt_embeddings: np.ndarray,
+                 metadata: dict):
+        self.arch, self.metadata, self.min_side = tower.arch, metadata, tower.min_side
         self.prompt_embeddings = np.asarray(prompt_embeddings, np.float32)
-        encoder = clip.ClipImageEncoder(arch, dtype=DTYPES[metadata["dtype"]])
         mean = np.asarray(metadata["mean"], np.float32)
         std = np.asarray(metadata["std"], np.float32)
 
-        def embed(params, images):
-            return encoder.apply({"params": params}, (images - mean) / std)
+        def embed(variables, images):
+            return tower.apply(variables, (images - mean) / std)
 
-        self._params = jax.device_put(params)
+        self._variables = jax.device_put(tower.variables)
         self._embed = jax.jit(embed)
 
     @classmethod
@@ -285,27 +355,17 @@ class HighLevelEncoder:
                   source: str = "export") -> "HighLevelEncoder":
         """From `checkpoint.read_export`'s (tree, metadata), checked; source names it."""
         meta_source, tree_source = f"{source}/{EXPORT_METADATA}", f"{source}/{EXPORT_TREE}"
-        arch = _check_high_level_metadata(metadata, meta_source)
-        size = arch.image_size
-        expected = _build(meta_source, "encoder", lambda: jax.eval_shape(
-            clip.ClipImageEncoder(arch).init, jax.random.key(0),
-            jax.ShapeDtypeStruct((1, size, size, 3), jnp.float32))["params"])
-        check_tree(tree.get("encoder"), expected, tree_source,
-                   f"the encoder in {meta_source}")
+        kind = _check_high_level_metadata(metadata, meta_source)
+        tower = HIGH_LEVEL_TOWERS[kind](metadata, tree.get("encoder"), meta_source,
+                                        tree_source, DTYPES[metadata["dtype"]])
         prompts = _check_prompt_embeddings(tree.get("prompt_embeddings", np.zeros(0)),
-                                           arch.embed_dim, tree_source)
-        return cls(arch, tree["encoder"], prompts, metadata)
-
-    @property
-    def patch_size(self) -> int:
-        return self.arch.patch_size
+                                           tower.arch.embed_dim, tree_source)
+        return cls(tower, prompts, metadata)
 
     def embeddings(self, images: np.ndarray) -> np.ndarray:
-        """(B, H, W, 3) in [0, 1] -> (B, D) unnormalised image embeddings.
-
-        H and W are cropped to multiples of the patch size by the encoder.
-        """
-        out = self._embed(self._params, jnp.asarray(images, jnp.float32))
+        """(B, H, W, 3) in [0, 1], H and W >= min_side -> (B, D) unnormalised
+        image embeddings."""
+        out = self._embed(self._variables, jnp.asarray(images, jnp.float32))
         return np.asarray(out, np.float32)
 
     def scores(self, embeddings: np.ndarray) -> np.ndarray:

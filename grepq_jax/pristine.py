@@ -20,6 +20,8 @@ uint16 pixels (`data.images.read_pixels`), each chunk of its patches made
 float on its own.
 """
 import dataclasses
+import pathlib
+import re
 from collections.abc import Callable, Iterable, Iterator
 
 import numpy as np
@@ -270,3 +272,74 @@ def pristine_statistics(images: Iterable[np.ndarray], features_fn: FeaturesFn, *
                               patch_size=patch_size,
                               sharpness_fraction=sharpness_fraction,
                               colourfulness_fraction=colourfulness_fraction)
+
+
+# The original's patch file: pristine_patches_%03d_%0.2f_%0.2f.hdf5 % (patch
+# size, sharpness, colourfulness), one float32 dataset "data" of the selected
+# patches, (N, 3, P, P) as ToTensor gives them, in [0, 1].
+PATCH_FILE_DATASET = "data"
+_PATCH_FILE_NAME = re.compile(r"pristine_patches_(\d+)_([\d.]+)_([\d.]+)\.hdf5$")
+ORIGINAL_FRACTIONS = (0.75, 0.8)  # test_zeroshot.py's defaults
+
+
+def _patch_file_fractions(path: pathlib.Path, patch_size: int) -> tuple[float, float]:
+    """The selection fractions the file's name states (the original's defaults
+    for another name); ValueError when its stated patch size is not the data's."""
+    match = _PATCH_FILE_NAME.search(path.name)
+    if not match:
+        return ORIGINAL_FRACTIONS
+    if int(match[1]) != patch_size:
+        raise ValueError(f"{path}: the name says {int(match[1])} px patches, "
+                         f"{PATCH_FILE_DATASET!r} holds {patch_size} px ones")
+    return float(match[2]), float(match[3])
+
+
+def patch_file_statistics(path, features_fn: FeaturesFn, *,
+                          chunk: int = 64) -> PristineStatistics:
+    """The Gaussian of `features_fn` over the ORIGINAL's selected pristine patches.
+
+    path: the original's `pristine_patches_096_0.75_0.80.hdf5` (layout above;
+    read with h5py, `chunk` patches at a time, so a large file is never held
+    whole). The patches are used as stored: the file holds them already
+    selected. Raises ValueError naming the file and the dataset when it is
+    not such a file (missing dataset, wrong shape or type, values outside [0,
+    1] or not finite, fewer than 2 patches); ImportError without h5py.
+    """
+    try:
+        import h5py
+    except ImportError:
+        raise ImportError("reading the original's pristine patch file needs h5py: "
+                          "pip install h5py") from None
+    path = pathlib.Path(path)
+    if not path.is_file():
+        raise ValueError(f"{path}: no such file")
+    try:
+        file = h5py.File(path, "r")
+    except OSError as error:
+        raise ValueError(f"{path}: not an HDF5 file ({error})") from None
+    with file:
+        data = file.get(PATCH_FILE_DATASET)
+        where = f"{path}: dataset {PATCH_FILE_DATASET!r}"
+        if not isinstance(data, h5py.Dataset):
+            raise ValueError(f"{where} is missing")
+        shape = data.shape
+        if (len(shape) != 4 or shape[1] != 3 or shape[2] != shape[3] or shape[0] < 2
+                or not np.issubdtype(data.dtype, np.floating)):
+            raise ValueError(f"{where} must be (N >= 2, 3, P, P) float patches, got "
+                             f"{data.dtype} of shape {list(shape)}")
+        fractions = _patch_file_fractions(path, shape[2])
+
+        def chunks():
+            for start in range(0, shape[0], chunk):
+                patches = np.asarray(data[start:start + chunk], np.float32)
+                if not (np.isfinite(patches).all() and patches.min() >= 0
+                        and patches.max() <= 1):
+                    raise ValueError(f"{where}: patches {start} to {start + len(patches) - 1}"
+                                     " hold values outside [0, 1] (or NaN)")
+                yield np.moveaxis(patches, 1, -1)  # NCHW -> NHWC
+
+        features = features_in_chunks(chunks(), features_fn)
+    mu, cov = fit_gaussian(features)
+    return PristineStatistics(mu=mu, cov=cov, num_patches=len(features),
+                              patch_size=shape[2], sharpness_fraction=fractions[0],
+                              colourfulness_fraction=fractions[1])

@@ -10,7 +10,10 @@ A model folder (written by `grepq_jax.export`) holds:
                              "batch_stats"} and {"pathway", "model", "step"}
     high_level/              checkpoint.write_export of {"encoder",
                              "prompt_embeddings" (P, 2, D)} and {"pathway",
-                             "arch", "mean", "std", "prompts", "dtype", "step"}
+                             "encoder" ("clip_vit" if absent, or "clip_rn50":
+                             then tree["encoder"] is {"params",
+                             "batch_stats"}), "arch", "mean", "std",
+                             "prompts", "dtype", "step"}
     pristine_statistics.npz  PristineStatistics.to_arrays() (with low_level/)
     regressor.npz            RidgeRegressor.to_arrays() (optional)
     regressor.json           what the regressor reads and predicts (optional)
@@ -177,7 +180,7 @@ class QualityModel:
         height, width = shape[:2]
         sides = []
         if "high_level" in needs:
-            sides.append((self.high_level.patch_size, "the high-level encoder's patch"))
+            sides.append((self.high_level.min_side, "the high-level encoder's minimum"))
         if "low_level_features" in needs:
             sides.append((_MIN_LOW_LEVEL_SIDE, "the low-level encoder's minimum"))
         if "low_level_score" in needs:
