@@ -15,7 +15,8 @@ from flax.traverse_util import flatten_dict
 
 from conftest import params_of, read_scalars
 from configs import high_level as high_level_config
-from grepq_jax import checkpoint, errors, high_level_export, pseudo_labels, train
+from grepq_jax import (checkpoint, errors, export, high_level_export, pseudo_labels, score,
+                       train, zero_shot)
 from grepq_jax.models import clip, clip_rn50, clip_rn50_tiny
 from grepq_jax.models.clip_rn50_convert import convert_modified_resnet
 from grepq_jax.pathways import high_level as high_level_pathway
@@ -139,6 +140,16 @@ def test_tiny_rn50_trains_updates_statistics_exports_and_resumes(photo_folder, t
     _tree_equal(tree["encoder"]["params"], params_of(state)["encoder"])
     _tree_equal(tree["encoder"]["batch_stats"], trained)
     _tree_equal(tree["prompt_embeddings"], initial.prompt_embeddings)
+
+    # Scoring packages it and scores in inference mode with the trained statistics.
+    export.export_model("model", high_level="run/export")
+    scorer = score.create_scorer("model", mode="zero_shot_high")
+    image = np.random.default_rng(0).uniform(size=(64, 80, 3)).astype(np.float32)
+    pixels = (image - np.float32(clip.OPENAI_MEAN)) / np.float32(clip.OPENAI_STD)
+    embedding = clip_rn50.ModifiedResNet(clip_rn50_tiny.IMAGE_ARCH).apply(
+        {"params": tree["encoder"]["params"], "batch_stats": trained}, pixels[None], train=False)
+    expected = zero_shot.high_level_score(np.asarray(embedding), tree["prompt_embeddings"])[0]
+    assert next(scorer.score_many([image])).parts["high_level"] == pytest.approx(expected, abs=1e-6)
 
     # Stopped after 2 steps and run again for 4, it ends where the run above did.
     train.train_and_evaluate(tiny_rn50_config(photo_folder, num_epochs=2, batch_size=8,
