@@ -3,23 +3,20 @@
     python -m grepq_jax.convert --clip=RN50.pt \
         --grepq_high_level=high_level_model_weights.pth --out=exports/grepq_high_level
 
-Writes the folder a high-level training run exports (checkpoint.write_export):
-the image tower (GRepQ's fine-tuned one with --grepq_high_level, else
-OpenAI's own) and the prompt embeddings of OpenAI's frozen text tower, as
-GRepQ scores with them. Needs torch (`pip install 'grepq_jax[convert]'`).
-
-    tree      {"encoder": {"params", "batch_stats"} of clip_rn50.ModifiedResNet,
-               "prompt_embeddings": (P, 2, D) float32, L2-normalised}
-    metadata  {"pathway": "high_level", "encoder": "clip_rn50", "arch":
-               ModifiedResNetArch fields, "mean", "std", "prompts", "dtype",
-               "step": 0, "converted_from": {...}}
+Writes a high-level export (the format of high_level_export.py, as a
+training run writes it) with encoder "clip_rn50", step 0 and
+"converted_from": the two files. It holds the image tower (GRepQ's fine-tuned
+one with --grepq_high_level, else OpenAI's own) with its BatchNorm
+statistics, and the prompt embeddings of OpenAI's frozen text tower, as GRepQ
+scores with them. `configs/high_level.py:paper` trains from OpenAI's, as the
+paper does. Needs torch (`pip install 'grepq_jax[convert]'`); training from the
+export does not.
 
 The tokenizer is built from OpenAI's BPE file (--bpe; by default the one the
 installed `clip` or `open_clip` package ships). OpenAI's RN50.pt is a
 TorchScript archive, read only when its SHA-256 is OpenAI's published one or
 with --trust_torchscript (TorchScript runs code from the file).
 """
-import dataclasses
 import importlib.util
 import json
 import pathlib
@@ -28,7 +25,7 @@ import sys
 from absl import flags
 from absl import logging
 
-from grepq_jax import checkpoint, cli
+from grepq_jax import cli, high_level_export
 from grepq_jax.models import clip, clip_rn50_text, torch_weights
 from grepq_jax.models.clip_rn50 import POSITION_EMBEDDINGS
 
@@ -93,19 +90,13 @@ def convert_high_level(out, *, clip_file, grepq_high_level=None, bpe=None,
         raise ValueError(f"{grepq_high_level}: embeds in {arch.embed_dim} dimensions, the text "
                          f"tower of {clip_file} in {weights.text_arch.embed_dim}")
     tower = clip_rn50_text.text_tower(weights.text_arch, weights.text_params, tokenizer)
-    metadata = {
-        "pathway": "high_level", "encoder": "clip_rn50",
-        "arch": {**dataclasses.asdict(arch), "layers": list(arch.layers)},
-        "mean": list(clip.OPENAI_MEAN), "std": list(clip.OPENAI_STD),
-        "prompts": [list(p) for p in prompts], "dtype": "float32", "step": 0,
-        "converted_from": {
+    return high_level_export.write(
+        str(out), encoder="clip_rn50", arch=arch, variables=variables,
+        prompt_embeddings=clip_rn50_text.encode_prompts(tower, prompts),
+        mean=clip.OPENAI_MEAN, std=clip.OPENAI_STD, prompts=prompts, dtype="float32", step=0,
+        converted_from={
             "clip": cli.absolute(str(clip_file)),
-            "grepq_high_level": grepq_high_level and cli.absolute(str(grepq_high_level))},
-    }
-    tree = {"encoder": variables,
-            "prompt_embeddings": clip_rn50_text.encode_prompts(tower, prompts)}
-    checkpoint.write_export(str(out), tree, metadata)
-    return metadata
+            "grepq_high_level": grepq_high_level and cli.absolute(str(grepq_high_level))})
 
 
 def main(argv: list[str]) -> int:
