@@ -23,6 +23,9 @@ adding the positional embedding (resized) instead of leaving it out by 2e-2.
 import dataclasses
 import functools
 import importlib.util
+import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -119,14 +122,17 @@ def test_rebuilt_released_weights_score_as_the_original(tmp_path):
 
 
 @pytest.mark.skipif(not HAS_TORCH, reason="writing the released files needs torch")
-def test_released_files_package_into_a_model_folder_scoring_as_the_original(
-        tmp_path, monkeypatch):
+def test_released_files_package_into_a_model_folder_scoring_as_the_original(tmp_path):
     files = reference.write_released_files(tmp_path)
-    monkeypatch.chdir(tmp_path)  # relative paths, as users type them
-    description = released.package_released_grepq(
-        "grepq", low_level="low_level_model_weights.tar",
-        high_level="high_level_model_weights.pth", clip_file="RN50_state_dict.pt",
-        pristine_patches=reference.PATCH_FILE)
+    # The one command of the README, with relative paths, as users type them.
+    done = subprocess.run(
+        [sys.executable, "-m", "grepq_jax.cli", "convert",
+         "--grepq_low_level=low_level_model_weights.tar",
+         "--grepq_high_level=high_level_model_weights.pth", "--clip=RN50_state_dict.pt",
+         f"--pristine_patches={reference.PATCH_FILE}", "--out=grepq"],
+        cwd=tmp_path, capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    description = json.loads((tmp_path / "grepq" / "model.json").read_text())
     assert description["low_level"] and description["high_level"]
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
     low_meta = checkpoint.read_export(str(tmp_path / "grepq" / "low_level"))[1]
