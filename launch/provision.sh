@@ -1,0 +1,67 @@
+#!/usr/bin/env bash
+# Makes the Python environment that grepq_jax runs in on a worker, whatever
+# Python the machine's image has (Ubuntu 22.04's python3 is 3.10; the package
+# and its pinned JAX, Flax and Orbax need 3.11 or later):
+#
+#   launch/provision.sh --venv ~/grepq_venv --python 3.11 --jax tpu
+#
+# 1. uv, pinned, from PyPI: installed with any python3 and pip into the
+#    user's ~/.local (skipped when a uv is already on PATH);
+# 2. `uv venv --python PYTHON`: uv uses an installed CPython of that version
+#    or downloads its standalone build (PYTHON may also be an interpreter's
+#    path), and makes a fresh virtual environment with it;
+# 3. installs this checkout (editable), JAX at requirements.txt's pin with
+#    the extra for the accelerator (jax[tpu] brings libtpu, jax[cuda13] the
+#    CUDA wheels, `--jax cpu` plain jax) and google-cloud-storage.
+# Run it again to start over: the environment is made anew each time, from
+# uv's cache of wheels. Prints the environment's python last.
+set -euo pipefail
+source "$(dirname "$0")/common.sh"
+
+UV_VERSION="0.13.8"
+
+usage() {
+  header
+  cat <<'EOF'
+
+Options:
+  --venv DIR       the virtual environment to make (default ~/grepq_venv)
+  --python SPEC    a Python version (3.11, 3.12) or an interpreter's path
+                   (default 3.11)
+  --jax EXTRA      tpu, cuda13, cuda12 or cpu (default cpu)
+EOF
+}
+
+venv="$HOME/grepq_venv" python="3.11" accelerator="cpu"
+while (($#)); do
+  case "$1" in
+    --venv) venv="${2:?}"; shift 2 ;;
+    --python) python="${2:?}"; shift 2 ;;
+    --jax) accelerator="${2:?}"; shift 2 ;;
+    -h|--help) usage; exit 0 ;;
+    *) die "unknown argument $1 (see --help)" ;;
+  esac
+done
+case "$accelerator" in
+  cpu) extra="" ;;
+  tpu|cuda12|cuda13) extra="[$accelerator]" ;;
+  *) die "--jax must be tpu, cuda13, cuda12 or cpu, not $accelerator" ;;
+esac
+
+repo="$(cd "$(dirname "$0")/.." && pwd)"
+jax_version="$(sed -n 's/^jax==//p' "$repo/requirements.txt")"
+[[ -n "$jax_version" ]] || die "no jax==VERSION line in $repo/requirements.txt"
+
+uv="$(command -v uv || true)"
+if [[ -z "$uv" ]]; then
+  # Any python3 will do to fetch uv: it is a standalone program.
+  PIP_ROOT_USER_ACTION=ignore python3 -m pip install --user --quiet \
+    --disable-pip-version-check "uv==$UV_VERSION" >&2
+  uv="$(python3 -m site --user-base)/bin/uv"
+fi
+"$uv" venv --quiet --clear --python "$python" "$venv" >&2
+# Orbax imports google-cloud-storage for every gs:// checkpoint folder (to ask
+# whether the bucket has a hierarchical namespace) but does not depend on it.
+"$uv" pip install --quiet --python "$venv/bin/python" -e "$repo" \
+  "jax$extra==$jax_version" google-cloud-storage >&2
+echo "$venv/bin/python"
