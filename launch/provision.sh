@@ -5,6 +5,9 @@
 #
 #   launch/provision.sh --venv ~/grepq_venv --python 3.11 --jax tpu
 #
+# (launch/tpu_vm.sh runs it on every worker; for SLURM, run it once where the
+# nodes share the home folder and pass --venv to launch/slurm_gpu.sh.)
+#
 # 1. uv, pinned, from PyPI: installed with any python3 and pip into the
 #    user's ~/.local (skipped when a uv is already on PATH);
 # 2. `uv venv --python PYTHON`: uv uses an installed CPython of that version
@@ -19,6 +22,7 @@ set -euo pipefail
 source "$(dirname "$0")/common.sh"
 
 UV_VERSION="0.13.8"
+repo="$(cd "$(dirname "$0")/.." && pwd)"
 
 usage() {
   header
@@ -29,26 +33,28 @@ Options:
   --python SPEC    a Python version (3.11, 3.12) or an interpreter's path
                    (default 3.11)
   --jax EXTRA      tpu, cuda13, cuda12 or cpu (default cpu)
+  --extra NAME     also the package's extra NAME (test: pytest and the
+                   Cloud Storage emulator)
 EOF
 }
 
-venv="$HOME/grepq_venv" python="3.11" accelerator="cpu"
+venv="$HOME/grepq_venv" python="3.11" accelerator="cpu" package="$repo"
 while (($#)); do
   case "$1" in
     --venv) venv="${2:?}"; shift 2 ;;
     --python) python="${2:?}"; shift 2 ;;
     --jax) accelerator="${2:?}"; shift 2 ;;
+    --extra) package="$repo[${2:?}]"; shift 2 ;;
     -h|--help) usage; exit 0 ;;
     *) die "unknown argument $1 (see --help)" ;;
   esac
 done
 case "$accelerator" in
-  cpu) extra="" ;;
-  tpu|cuda12|cuda13) extra="[$accelerator]" ;;
+  cpu) jax_extra="" ;;
+  tpu|cuda12|cuda13) jax_extra="[$accelerator]" ;;
   *) die "--jax must be tpu, cuda13, cuda12 or cpu, not $accelerator" ;;
 esac
 
-repo="$(cd "$(dirname "$0")/.." && pwd)"
 jax_version="$(sed -n 's/^jax==//p' "$repo/requirements.txt")"
 [[ -n "$jax_version" ]] || die "no jax==VERSION line in $repo/requirements.txt"
 
@@ -62,6 +68,6 @@ fi
 "$uv" venv --quiet --clear --python "$python" "$venv" >&2
 # Orbax imports google-cloud-storage for every gs:// checkpoint folder (to ask
 # whether the bucket has a hierarchical namespace) but does not depend on it.
-"$uv" pip install --quiet --python "$venv/bin/python" -e "$repo" \
-  "jax$extra==$jax_version" google-cloud-storage >&2
+"$uv" pip install --quiet --python "$venv/bin/python" -e "$package" \
+  "jax$jax_extra==$jax_version" google-cloud-storage >&2
 echo "$venv/bin/python"
