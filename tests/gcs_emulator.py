@@ -13,13 +13,22 @@ Starts `gcp-storage-emulator` (PyPI, pure Python, in memory, bucket
   https://storage.googleapis.com) and no endpoint setting, but its libcurl
   honours `HTTPS_PROXY` and `CURL_CA_BUNDLE`: the front answers CONNECT,
   terminates TLS with a certificate for those two hosts signed by a CA made
-  here (added to the system's in FOLDER/ca-bundle.pem), and serves the requests as the emulator.
+  here (added to the system's in FOLDER/ca-bundle.pem), and serves the
+  requests as the emulator;
+- google-cloud-storage (Orbax asks it about the bucket) honours
+  `STORAGE_EMULATOR_HOST`.
 
-The front also adds what the emulator lacks and these clients need: ranged
-reads (`Range: bytes=a-b` gets 206 and those bytes), and https in the
-resumable-upload address it hands back. No request leaves 127.0.0.1: the
-environment printed also sends Google's metadata-server look-ups to a closed
-loopback port and gives TensorFlow a fixed test token.
+The front also adds what gcp-storage-emulator (2026.7.19) lacks and these
+clients need: ranged reads (`Range: bytes=a-b` gets 206 and those bytes),
+the object's generation with its bytes (`x-goog-generation`, which
+tensorstore's conditional writes start from), empty objects (TensorFlow's
+folder markers: an empty media upload is passed on as a multipart one), and
+https in the resumable-upload address it hands back. It does not add what
+the emulator ignores: preconditions (`ifGenerationMatch`) are not enforced.
+No request leaves 127.0.0.1: the environment printed also sends Google's
+metadata-server look-ups to a closed loopback port, gives TensorFlow a fixed
+test token, and exempts PyPI from the proxy (package installs go there
+directly). GCS_EMULATOR_LOG=1 logs each request the front serves.
 
 The JSON line: {"env": {...}, "emulator": "http://127.0.0.1:PORT"}. The
 process serves until its standard input closes (its parent ended).
@@ -168,18 +177,16 @@ class Front(http.server.BaseHTTPRequestHandler):
         path = self.path
         if not body and "uploadType=media" in path:
             path, body = as_multipart(path, headers)
-        upstream = http.client.HTTPConnection(*self.server.emulator, timeout=60)
         try:
-            upstream.request(self.command, path, body, headers)
-            response = upstream.getresponse()
+            status, reason, response_headers, data = self.server.ask(
+                self.command, path, body, headers
+            )
         except OSError as error:  # the emulator failed on this request
             self.send_error(502, f"emulator: {error}")
             return
-        status, reason, data = response.status, response.reason, response.read()
-        upstream.close()
         extra = {}
         if status == 200 and MEDIA.match(path):
-            extra.update(self.generation_headers(MEDIA.match(path)))
+            extra.update(self.server.generation_headers(MEDIA.match(path)))
         wanted = self.headers.get("Range")
         if wanted and status == 200 and self.command == "GET":
             span = byte_range(wanted, len(data))
@@ -190,34 +197,20 @@ class Front(http.server.BaseHTTPRequestHandler):
         if self.server.log:
             print(self.command, self.headers.get("Host"), self.path, wanted,
                   status, len(data), file=sys.stderr, flush=True)
+        self.reply(status, reason, [*response_headers, *extra.items()], data)
+
+    def reply(self, status: int, reason: str, headers: list, data: bytes):
         self.send_response(status, reason)
-        for key, value in response.getheaders():
+        for key, value in headers:
             if key.lower() in HOP_HEADERS:
                 continue
-            if key.lower() == "location" and self.server.tls_host(value):
+            if key.lower() == "location" and tls_host(value):
                 value = "https://" + value[len("http://") :]
-            self.send_header(key, value)
-        for key, value in extra.items():
             self.send_header(key, value)
         self.send_header("Content-Length", str(len(data)))
         self.end_headers()
         if self.command != "HEAD":
             self.wfile.write(data)
-
-    def generation_headers(self, media: re.Match) -> dict[str, str]:
-        """What GCS sends with an object's bytes and the emulator does not:
-        its generation (tensorstore's conditional writes need it)."""
-        upstream = http.client.HTTPConnection(*self.server.emulator, timeout=60)
-        upstream.request("GET", f"/storage/v1/b/{media['bucket']}/o/{media['name']}")
-        response = upstream.getresponse()
-        metadata = json.loads(response.read() or b"{}")
-        upstream.close()
-        if response.status != 200:
-            return {}
-        return {
-            "x-goog-generation": metadata["generation"],
-            "x-goog-metageneration": metadata["metageneration"],
-        }
 
     do_GET = do_PUT = do_POST = do_DELETE = do_PATCH = do_HEAD = forward
 
@@ -228,13 +221,38 @@ class FrontServer(http.server.ThreadingHTTPServer):
     def __init__(self, port: int, emulator: tuple[str, int], certs):
         super().__init__(("127.0.0.1", port), Front)
         self.emulator = emulator
-        self.log = bool(os.environ.get("GCS_EMULATOR_LOG"))
         self.tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         self.tls.load_cert_chain(certs[1], certs[2])
+        self.log = bool(os.environ.get("GCS_EMULATOR_LOG"))  # each request
 
-    @staticmethod
-    def tls_host(url: str) -> bool:
-        return any(url.startswith(f"http://{h}/") for h in GOOGLE_HOSTS)
+    def ask(self, method: str, path: str, body: bytes, headers: dict):
+        """(status, reason, headers, body) of the emulator's answer."""
+        upstream = http.client.HTTPConnection(*self.emulator, timeout=60)
+        try:
+            upstream.request(method, path, body, headers)
+            response = upstream.getresponse()
+            data = response.read()
+            return response.status, response.reason, response.getheaders(), data
+        finally:
+            upstream.close()
+
+    def generation_headers(self, media: re.Match) -> dict[str, str]:
+        """What GCS sends with an object's bytes and the emulator does not:
+        its generation (tensorstore's conditional writes need it)."""
+        status, _, _, data = self.ask(
+            "GET", f"/storage/v1/b/{media['bucket']}/o/{media['name']}", b"", {}
+        )
+        if status != 200:
+            return {}
+        metadata = json.loads(data)
+        return {
+            "x-goog-generation": metadata["generation"],
+            "x-goog-metageneration": metadata["metageneration"],
+        }
+
+
+def tls_host(url: str) -> bool:
+    return any(url.startswith(f"http://{h}/") for h in GOOGLE_HOSTS)
 
 
 def client_env(front: int, ca: Path) -> dict[str, str]:

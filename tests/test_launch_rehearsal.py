@@ -111,7 +111,8 @@ def test_the_workers_train_with_the_provisioned_python(rehearsal):
     assert image.stdout.startswith("Python 3.10."), image
     venv = in_worker(
         home, env,
-        "~/grepq_venv/bin/python -c 'import sys, jax, grepq_jax; "
+        # From / : in the home, grepq_jax would be the checkout's folder.
+        "cd / && ~/grepq_venv/bin/python -c 'import sys, jax, grepq_jax; "
         'print("%d.%d" % sys.version_info[:2], jax.__version__, '
         "grepq_jax.__file__)'",
     )
@@ -131,7 +132,9 @@ def test_the_images_python_would_have_refused_the_install(rehearsal):
         f"python3 -m pip install --dry-run -e ~/grepq_jax 'jax=={JAX_VERSION}'",
     )
     assert refused.returncode != 0
-    assert "requires a different Python: 3.10" in refused.stderr
+    # pip names the pins that need Python >= 3.11 (jax's, or the package's).
+    assert "different python" in refused.stderr.lower()
+    assert ">=3.11" in refused.stderr
 
 
 def test_data_staged_and_every_writer_reached_the_bucket(
@@ -145,11 +148,12 @@ def test_data_staged_and_every_writer_reached_the_bucket(
     assert all(p.read_bytes() == (photo_folder / p.name).read_bytes()
                for p in staged)
     names = gcs.names("rehearsal/")
-    # Orbax (tensorstore and etils.epath): checkpoints every 2 of 4 steps.
-    committed = [n for n in names if n.endswith("/commit_success.txt")
-                 and n.count("/") == 3 and "/checkpoints/" in n]
-    assert committed == ["rehearsal/checkpoints/2/commit_success.txt",
-                         "rehearsal/checkpoints/4/commit_success.txt"]
+    # Orbax (tensorstore and etils.epath): every 2 of 4 steps, and the first
+    # (Orbax saves when there is no checkpoint yet).
+    committed = [n.split("/")[2] for n in names
+                 if n.endswith("/commit_success.txt") and n.count("/") == 3
+                 and "/checkpoints/" in n]
+    assert committed == ["1", "2", "4"]
     assert "rehearsal/export/model.json" in names
     # TensorBoard, the FSIM label cache, JAX's compilation cache.
     for folder in ("tensorboard/events.out.tfevents.", "fsim_cache/fsim_labels_",
