@@ -195,8 +195,9 @@ class Front(http.server.BaseHTTPRequestHandler):
                 extra["Content-Range"] = f"bytes {first}-{last}/{len(data)}"
                 status, reason, data = 206, "Partial Content", data[first : last + 1]
         if self.server.log:
-            print(self.command, self.headers.get("Host"), self.path, wanted,
-                  status, len(data), file=sys.stderr, flush=True)
+            agent = self.headers.get("User-Agent", "-").split()[0]
+            print(agent, self.command, self.path, wanted, status, len(data),
+                  file=sys.stderr, flush=True)
         self.reply(status, reason, [*response_headers, *extra.items()], data)
 
     def reply(self, status: int, reason: str, headers: list, data: bytes):
