@@ -18,7 +18,27 @@
    500 generated images (--memory_size, default 256x192, half of them
    portrait): flat memory means the two peaks are close.
 
+3. Peak memory on huge images (--huge_counts, e.g. 1,2,8): folders of 1, 2
+   and 8 copies of one --huge_size JPEG (default 8000x6000, an upscaled
+   photograph with noise), scored by `python -m grepq_jax.score` with a
+   low-level-only model folder and with a zero-shot one (both encoders):
+   memory must not grow with the number of files. The zero-shot folder's
+   CLIP is HUGE_CLIP (64 px patches, one head): a ViT attends over all of an
+   image's patches at once, so its memory grows with the square of the
+   pixel count (ViT-B/32 on 8000x6000: 46,750 tokens, 12 x 46,750^2 x 4 B =
+   105 GB of attention weights per layer), which no CPU run can hold.
+   --huge_low_width sets the ResNet-18's width (64: the paper's; smaller
+   runs faster, its patch chunks are small next to the images either way).
+   Measured (2 shared CPU cores, width 16; 1 / 2 / 8 files): low-level only
+   824 / 990 / 993 MiB, zero_shot 2785 / 2900 / 3009 MiB (before the
+   bounded reading: 1786 / 2791 and 3189 / 6846 MiB for 1 / 2 files). The
+   last 4% of creep is glibc's sliding mmap threshold, not held images:
+   with MALLOC_MMAP_THRESHOLD_=1048576 the zero_shot peak after 1 / 2 / 8
+   files of one run is 2780 / 2804 / 2805 MiB.
+
   JAX_PLATFORMS=cpu python benchmarks/bench_scoring.py            # ~10 min on 2 cores
+  JAX_PLATFORMS=cpu python benchmarks/bench_scoring.py --runs=0 --memory_counts= \
+      --huge_counts=1,2,8 --huge_low_width=16                   # huge images only
   JAX_PLATFORMS=cpu python benchmarks/bench_scoring.py --quick    # smoke run
 Needs torch and torchvision for the peers (benchmark-only dependencies);
 without them the peers are skipped.
@@ -65,6 +85,17 @@ SMALL_CLIP = clip.ClipVisionArch(
     mlp_dim=1536,
     embed_dim=512,
 )
+# For the huge images only: few tokens (64 px patches) and one head, so a
+# 48-megapixel image's attention fits in memory (11,625 tokens: 0.5 GB).
+HUGE_CLIP = clip.ClipVisionArch(
+    image_size=224,
+    patch_size=64,
+    width=64,
+    layers=2,
+    heads=1,
+    mlp_dim=128,
+    embed_dim=64,
+)
 B32_CLIP = clip.ClipVisionArch(
     image_size=224,
     patch_size=32,
@@ -91,6 +122,11 @@ def parse_args():
     )
     parser.add_argument("--memory_counts", default="100,500",
                         help="folder sizes for the memory runs; empty: none")
+    parser.add_argument("--huge_counts", default="",
+                        help="copies of one huge JPEG per run, e.g. 1,2,8; empty: none")
+    parser.add_argument("--huge_size", default="8000x6000", help="WxH of the huge JPEG")
+    parser.add_argument("--huge_low_width", type=int, default=64,
+                        help="ResNet-18 width of the huge-image model folders")
     return parser.parse_args()
 
 
@@ -113,7 +149,7 @@ def torch_low_level():
     return model
 
 
-def write_low_level_export(directory, torch_model=None):
+def write_low_level_export(directory, torch_model=None, model_config=None):
     if torch_model is not None:
         from grepq_jax.models import (
             torch_convert,
@@ -123,8 +159,9 @@ def write_low_level_export(directory, torch_model=None):
             {k: v.numpy() for k, v in torch_model.state_dict().items()}
         )
     else:
+        model_config = model_config or LOW_LEVEL_MODEL
         model = low_level_pathway.make_model(
-            ml_collections.ConfigDict(LOW_LEVEL_MODEL)
+            ml_collections.ConfigDict(model_config)
         )
         tree = jax.jit(model.init, static_argnames="train")(
             jax.random.key(0), jnp.zeros((1, 32, 32, 3)), train=False
@@ -132,7 +169,7 @@ def write_low_level_export(directory, torch_model=None):
     checkpoint.write_export(
         str(directory),
         dict(tree),
-        {"pathway": "low_level", "model": LOW_LEVEL_MODEL, "step": 0},
+        {"pathway": "low_level", "model": model_config or LOW_LEVEL_MODEL, "step": 0},
     )
 
 
@@ -323,15 +360,7 @@ def peak_memory(args, model_folder, scratch):
         folder = scratch / f"folder_{count}"
         folder.mkdir()
         write_folder(folder, count, width, height)
-        argv = [f"--model={model_folder}", "--output=/dev/null", str(folder)]
-        out = subprocess.run(
-            [sys.executable, "-c", _CHILD, *argv],
-            check=True,
-            capture_output=True,
-            text=True,
-            cwd=ROOT,
-        )
-        result = json.loads(out.stdout.strip().splitlines()[-1])
+        result = _run_score([f"--model={model_folder}", "--output=/dev/null", str(folder)])
         print(
             f"  {count} images: peak {result['peak_mib']:.0f} MiB, "
             f"{count / result['seconds']:.2f} images/s (start, decoding and compiling "
@@ -341,10 +370,63 @@ def peak_memory(args, model_folder, scratch):
         )
 
 
+def _run_score(argv):
+    """Exit code, seconds and peak RSS (MiB) of a fresh `python -m grepq_jax.score`."""
+    out = subprocess.run([sys.executable, "-c", _CHILD, *argv], check=True,
+                         capture_output=True, text=True, cwd=ROOT)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def write_huge_jpeg(path, width, height):
+    """An upscaled photograph with noise (a realistic JPEG size), written once."""
+    base = np.round(photographs(1, 384, 512)[0] * 255).astype(np.uint8)
+    pixels = np.asarray(Image.fromarray(base).resize((width, height), Image.BICUBIC))
+    noise = np.random.default_rng(0).integers(-8, 9, pixels.shape, np.int16)
+    pixels = np.clip(pixels + noise, 0, 255).astype(np.uint8)
+    Image.fromarray(pixels).save(path, quality=90)
+
+
+def huge_memory(args, scratch):
+    width, height = map(int, args.huge_size.split("x"))
+    source = scratch / "huge.jpg"
+    write_huge_jpeg(source, width, height)
+    low_config = dict(LOW_LEVEL_MODEL, width=args.huge_low_width)
+    write_low_level_export(scratch / "huge_low", model_config=low_config)
+    write_high_level_export(scratch / "huge_high", HUGE_CLIP)
+    folders = {"low-level only": scratch / "huge_model_low",
+               "zero_shot (both)": scratch / "huge_model_both"}
+    export.export_model(folders["low-level only"], low_level=str(scratch / "huge_low"))
+    export.export_model(folders["zero_shot (both)"], low_level=str(scratch / "huge_low"),
+                        high_level=str(scratch / "huge_high"))
+    print(f"peak memory on huge images: copies of one {width}x{height} JPEG "
+          f"({source.stat().st_size / 2**20:.1f} MiB), `python -m grepq_jax.score` with "
+          f"its defaults; ResNet-18 width {args.huge_low_width}, HUGE_CLIP:")
+    for count in map(int, args.huge_counts.split(",")):
+        folder = scratch / f"huge_{count}"
+        folder.mkdir()
+        for i in range(count):
+            os.link(source, folder / f"{i:02d}.jpg")  # Same bytes, no disk cost.
+        for what, model_folder in folders.items():
+            result = _run_score([f"--model={model_folder}", "--output=/dev/null",
+                                 str(folder)])
+            print(f"  {what}, {count} file(s): peak {result['peak_mib']:.0f} MiB, "
+                  f"{result['seconds']:.0f} s, exit code {result['code']}", flush=True)
+
+
 def main():
     args = parse_args()
     if args.quick:
         args.images, args.runs, args.memory_counts = 2, 2, "10,20"
+    with tempfile.TemporaryDirectory() as scratch:
+        scratch = pathlib.Path(scratch)
+        if args.runs or args.memory_counts:
+            standard_runs(args, scratch)
+        if args.huge_counts:
+            huge_memory(args, scratch)
+
+
+def standard_runs(args, scratch):
+    """Throughput and peak memory on a folder, with the --clip model."""
     arch = {"small": SMALL_CLIP, "b32": B32_CLIP}[args.clip]
     print(f"{args.clip} CLIP: {arch}")
     try:
@@ -352,23 +434,22 @@ def main():
     except ImportError:
         torch_low = None
         print("torch not installed: no peers")
-    with tempfile.TemporaryDirectory() as scratch:
-        scratch = pathlib.Path(scratch)
-        write_low_level_export(scratch / "low", torch_low)
-        write_high_level_export(scratch / "high", arch)
-        model_folder = scratch / "model"
-        export.export_model(
-            model_folder,
-            low_level=str(scratch / "low"),
-            high_level=str(scratch / "high"),
-        )
-        torch_models = torch_low and {
-            "low": torch_low,
-            "high": torch_high_level(arch, model_folder),
-        }
+    write_low_level_export(scratch / "low", torch_low)
+    write_high_level_export(scratch / "high", arch)
+    model_folder = scratch / "model"
+    export.export_model(
+        model_folder,
+        low_level=str(scratch / "low"),
+        high_level=str(scratch / "high"),
+    )
+    torch_models = torch_low and {
+        "low": torch_low,
+        "high": torch_high_level(arch, model_folder),
+    }
+    if args.runs:
         throughput(args, model_folder, torch_models)
-        if args.memory_counts:
-            peak_memory(args, model_folder, scratch)
+    if args.memory_counts:
+        peak_memory(args, model_folder, scratch)
 
 
 if __name__ == "__main__":

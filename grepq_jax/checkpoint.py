@@ -191,7 +191,12 @@ def read_export(directory: str) -> tuple[Any, dict[str, Any]]:
             f"{directory} is not an export: no {_EXPORT_META}"
         )
     checkpointer = ocp.StandardCheckpointer()
-    stored = checkpointer.metadata(directory / _EXPORT_TREE).item_metadata.tree
+    stored = checkpointer.metadata(directory / _EXPORT_TREE).item_metadata
+    if stored is None:  # Orbax says nothing of a folder it did not finish.
+        raise CheckpointError(
+            f"{directory / _EXPORT_TREE}: no Orbax metadata; the export is "
+            "damaged or incomplete")
+    stored = stored.tree
     device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
     target = jax.tree.map(
         lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=device),

@@ -3,23 +3,20 @@
     python -m grepq_jax.convert --clip=RN50.pt \
         --grepq_high_level=high_level_model_weights.pth --out=exports/grepq_high_level
 
-Writes the folder a high-level training run exports (checkpoint.write_export):
-the image tower (GRepQ's fine-tuned one with --grepq_high_level, else
-OpenAI's own) and the prompt embeddings of OpenAI's frozen text tower, as
-GRepQ scores with them. Needs torch (`pip install 'grepq_jax[convert]'`).
-
-    tree      {"encoder": {"params", "batch_stats"} of clip_rn50.ModifiedResNet,
-               "prompt_embeddings": (P, 2, D) float32, L2-normalised}
-    metadata  {"pathway": "high_level", "encoder": "clip_rn50", "arch":
-               ModifiedResNetArch fields, "mean", "std", "prompts", "dtype",
-               "step": 0, "converted_from": {...}}
+Writes a high-level export (the format of high_level_export.py, as a
+training run writes it) with encoder "clip_rn50", step 0 and
+"converted_from": the two files. It holds the image tower (GRepQ's fine-tuned
+one with --grepq_high_level, else OpenAI's own) with its BatchNorm
+statistics, and the prompt embeddings of OpenAI's frozen text tower, as GRepQ
+scores with them. `configs/high_level.py:paper` trains from OpenAI's, as the
+paper does. Needs torch (`pip install 'grepq_jax[convert]'`); training from the
+export does not.
 
 The tokenizer is built from OpenAI's BPE file (--bpe; by default the one the
 installed `clip` or `open_clip` package ships). OpenAI's RN50.pt is a
 TorchScript archive, read only when its SHA-256 is OpenAI's published one or
 with --trust_torchscript (TorchScript runs code from the file).
 """
-import dataclasses
 import importlib.util
 import json
 import pathlib
@@ -28,7 +25,7 @@ import sys
 from absl import flags
 from absl import logging
 
-from grepq_jax import checkpoint, cli
+from grepq_jax import cli, high_level_export, released
 from grepq_jax.models import clip, clip_rn50_text, torch_weights
 from grepq_jax.models.clip_rn50 import POSITION_EMBEDDINGS
 
@@ -38,11 +35,22 @@ BPE_FILE = "bpe_simple_vocab_16e6.txt.gz"
 FLAGS = flags.FlagValues()
 _CLIP = flags.DEFINE_string(
     "clip", None, "OpenAI's RN50.pt, or open_clip's RN50 weights: the text tower (and the "
-    "image tower without --grepq_high_level).", required=True, flag_values=FLAGS)
+    "image tower without --grepq_high_level).", flag_values=FLAGS)
+_GREPQ_LOW = flags.DEFINE_string(
+    "grepq_low_level", None, "GRepQ's low_level_model_weights.tar: with it, --out becomes a "
+    "whole scoring model folder (both encoders and the pristine statistics), not an export.",
+    flag_values=FLAGS)
+_PRISTINE_PATCHES = flags.DEFINE_string(
+    "pristine_patches", None, "With --grepq_low_level: the original's pristine patch file "
+    "(pristine_patches_096_0.75_0.80.hdf5) for the zero-shot statistics.", flag_values=FLAGS)
+_PRISTINE = flags.DEFINE_string(
+    "pristine", None, "With --grepq_low_level: a folder of pristine images instead "
+    "(default with neither: the embedded photographs).", flag_values=FLAGS)
 _GREPQ = flags.DEFINE_string(
     "grepq_high_level", None, "GRepQ's high_level_model_weights.pth: the fine-tuned image tower.",
     flag_values=FLAGS)
-_OUT = flags.DEFINE_string("out", None, "The export folder to write (new or empty).",
+_OUT = flags.DEFINE_string("out", None, "The folder to write (new or empty): a high-level "
+                           "export, or with --grepq_low_level a model folder.",
                            required=True, flag_values=FLAGS)
 _BPE = flags.DEFINE_string("bpe", None, f"OpenAI's {BPE_FILE}; default: the installed clip or "
                            "open_clip package's.", flag_values=FLAGS)
@@ -93,19 +101,34 @@ def convert_high_level(out, *, clip_file, grepq_high_level=None, bpe=None,
         raise ValueError(f"{grepq_high_level}: embeds in {arch.embed_dim} dimensions, the text "
                          f"tower of {clip_file} in {weights.text_arch.embed_dim}")
     tower = clip_rn50_text.text_tower(weights.text_arch, weights.text_params, tokenizer)
-    metadata = {
-        "pathway": "high_level", "encoder": "clip_rn50",
-        "arch": {**dataclasses.asdict(arch), "layers": list(arch.layers)},
-        "mean": list(clip.OPENAI_MEAN), "std": list(clip.OPENAI_STD),
-        "prompts": [list(p) for p in prompts], "dtype": "float32", "step": 0,
-        "converted_from": {
+    return high_level_export.write(
+        str(out), encoder="clip_rn50", arch=arch, variables=variables,
+        prompt_embeddings=clip_rn50_text.encode_prompts(tower, prompts),
+        mean=clip.OPENAI_MEAN, std=clip.OPENAI_STD, prompts=prompts, dtype="float32", step=0,
+        converted_from={
             "clip": cli.absolute(str(clip_file)),
-            "grepq_high_level": grepq_high_level and cli.absolute(str(grepq_high_level))},
-    }
-    tree = {"encoder": variables,
-            "prompt_embeddings": clip_rn50_text.encode_prompts(tower, prompts)}
-    checkpoint.write_export(str(out), tree, metadata)
-    return metadata
+            "grepq_high_level": grepq_high_level and cli.absolute(str(grepq_high_level))})
+
+
+def _convert_from_flags() -> str:
+    """Runs the conversion the flags ask for; returns what it wrote, in words."""
+    if _GREPQ_LOW.value:
+        description = released.package_released_grepq(
+            _OUT.value, low_level=_GREPQ_LOW.value, high_level=_GREPQ.value,
+            clip_file=_CLIP.value, pristine_patches=_PRISTINE_PATCHES.value,
+            pristine_folder=_PRISTINE.value, bpe=_BPE.value,
+            trust_torchscript=_TRUST.value)
+        return f"the model folder {_OUT.value}: {json.dumps(description)}"
+    if _PRISTINE_PATCHES.value or _PRISTINE.value:
+        raise ValueError("--pristine_patches and --pristine need --grepq_low_level")
+    if not _CLIP.value:
+        raise ValueError("give --clip=RN50.pt (and --grepq_high_level), or "
+                         "--grepq_low_level for a whole model folder")
+    metadata = convert_high_level(
+        _OUT.value, clip_file=_CLIP.value, grepq_high_level=_GREPQ.value, bpe=_BPE.value,
+        position_embedding=_POSITIONS.value, hidden_act=_HIDDEN_ACT.value,
+        trust_torchscript=_TRUST.value)
+    return f"the high-level export {_OUT.value}: {json.dumps(metadata['arch'])}"
 
 
 def main(argv: list[str]) -> int:
@@ -114,30 +137,33 @@ def main(argv: list[str]) -> int:
         return 2
     logging.set_verbosity(logging.WARNING)  # Orbax logs every write at INFO.
     try:
-        metadata = convert_high_level(
-            _OUT.value, clip_file=_CLIP.value, grepq_high_level=_GREPQ.value, bpe=_BPE.value,
-            position_embedding=_POSITIONS.value, hidden_act=_HIDDEN_ACT.value,
-            trust_torchscript=_TRUST.value)
+        written = _convert_from_flags()
     except ImportError as error:
         print(f"convert failed: {error}", file=sys.stderr)
         return 1
     except (ValueError, OSError) as error:  # Bad or missing files: the user's to fix.
         print(f"convert failed: {error}", file=sys.stderr)
         return 2
-    print(f"wrote the high-level export {_OUT.value}: {json.dumps(metadata['arch'])}",
-          file=sys.stderr)
+    print(f"wrote {written}", file=sys.stderr)
     return 0
 
 
 USAGE = """\
-usage: python -m grepq_jax.convert --clip=RN50.pt [--grepq_high_level=FILE] --out=DIR [flags]
+usage: grepq convert --clip=RN50.pt [--grepq_high_level=FILE] --out=DIR [flags]
+       grepq convert --grepq_low_level=FILE [--grepq_high_level=FILE --clip=RN50.pt]
+           [--pristine_patches=FILE | --pristine=DIR] --out=DIR
+       (or python -m grepq_jax.convert ...)
 
-Converts OpenAI's / open_clip's CLIP RN50 and GRepQ's released high-level
-weights into a high-level export (needs torch: pip install 'grepq_jax[convert]').
+Converts OpenAI's / open_clip's CLIP RN50 and GRepQ's released weights: into a
+high-level export (for training or grepq export), or with --grepq_low_level
+into a whole scoring model folder. Needs torch (and h5py for the patch file):
+pip install -e '.[convert]'.
 
-example:
-  python -m grepq_jax.convert --clip=RN50.pt \\
-      --grepq_high_level=high_level_model_weights.pth --out=exports/grepq_high_level"""
+examples:
+  grepq convert --clip=RN50.pt --out=exports/openai_rn50      # configs/high_level.py:paper
+  grepq convert --grepq_low_level=low_level_model_weights.tar \\
+      --grepq_high_level=high_level_model_weights.pth --clip=RN50.pt \\
+      --pristine_patches=pristine_patches_096_0.75_0.80.hdf5 --out=models/grepq"""
 
 
 def run_command() -> None:

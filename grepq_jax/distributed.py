@@ -49,6 +49,27 @@ def initialize(
     return True
 
 
+# Processes prepare their data at different speeds (each labels its own
+# groups); XLA's collectives give up after 30 s, a barrier waits this long.
+_READY_TIMEOUT_S = 3600
+
+
+def wait_for_every_process(name: str) -> None:
+    """Waits until every process of the job has reached `name`.
+
+    Through JAX's coordination service, whose barrier takes a timeout,
+    unlike the first collective (Orbax's first sync), which fails when the
+    processes arrive more than 30 s apart. Alone it returns at once.
+    """
+    if jax.process_count() == 1:
+        return
+    # Private API, reached from this one function only.
+    from jax._src import distributed as jax_distributed
+
+    jax_distributed.global_state.client.wait_at_barrier(
+        name, timeout_in_ms=_READY_TIMEOUT_S * 1000)
+
+
 def _scheduled_process_count() -> int:
     """Processes the cluster environment says this job has; 1 if none."""
     # The detectors jax.distributed.initialize() itself uses. They are private

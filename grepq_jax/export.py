@@ -5,8 +5,9 @@
 
 Copies each encoder's parameters and description, computes the pristine
 statistics once with the low-level encoder (from --pristine, a folder of
-pristine images, or by default the embedded photographs), and writes
-model.json last. Either encoder may be left out. The layout is described in
+pristine images, --pristine_patches, the original GRepQ's patch file, or by
+default the embedded photographs), and writes model.json last. Either
+encoder may be left out. The layout is described in
 grepq_jax/quality_model.py; `python -m grepq_jax.evaluate
 --fit_regressor_into_model` adds a regressor later. Nothing is written
 outside --out, which must be new or empty.
@@ -25,7 +26,7 @@ from absl import flags
 from absl import logging
 import numpy as np
 
-from grepq_jax import checkpoint, cli, pristine
+from grepq_jax import checkpoint, cli, encoders, pristine
 from grepq_jax import quality_model as qm
 from grepq_jax.data import corpus, images
 from grepq_jax.regression import RidgeRegressor
@@ -40,6 +41,10 @@ _OUT = flags.DEFINE_string("out", None, "The model folder to write (new or empty
 _PRISTINE = flags.DEFINE_string(
     "pristine", None, "A folder of pristine images (searched recursively) for the "
     "low-level statistics; default: the embedded photographs.", flag_values=FLAGS)
+_PRISTINE_PATCHES = flags.DEFINE_string(
+    "pristine_patches", None, "The original GRepQ's pristine patch file "
+    "(pristine_patches_096_0.75_0.80.hdf5) for the low-level statistics, instead of "
+    "--pristine.", flag_values=FLAGS)
 _PATCH_SIZE = flags.DEFINE_integer("patch_size", 96, "Pristine and test patch side, px.",
                                    lower_bound=32, flag_values=FLAGS)
 _CHUNK = flags.DEFINE_integer("chunk", 64, "Patches through the encoder at once.",
@@ -65,11 +70,6 @@ def pristine_images(folder: str | None, skipped: list[tuple[str, str]]
             skipped.append((str(path), str(error)))
 
 
-def _absolute(path: str) -> str:
-    """Orbax wants absolute paths; gs:// and other URLs pass unchanged."""
-    return path if "://" in path else str(pathlib.Path(path).absolute())
-
-
 def _check_out_folder(out: pathlib.Path) -> None:
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise FileExistsError(f"{out} exists and is not an empty folder; choose "
@@ -77,30 +77,40 @@ def _check_out_folder(out: pathlib.Path) -> None:
 
 
 def export_model(out, *, low_level: str | None = None, high_level: str | None = None,
-                 pristine_folder: str | None = None, patch_size: int = 96,
-                 chunk: int = 64) -> dict:
+                 pristine_folder: str | None = None, pristine_patches: str | None = None,
+                 patch_size: int = 96, chunk: int = 64) -> dict:
     """Writes the model folder `out` from training export folders.
 
+    The pristine statistics come from `pristine_folder` (images, selected
+    here), `pristine_patches` (the original's patch file, already selected;
+    its patch size replaces `patch_size`) or the embedded photographs.
     Returns its description (model.json). Raises ValueError when neither
-    encoder is given, FileExistsError when `out` is not new or empty.
+    encoder is given, both pristine sources are, or a pristine source is
+    unusable, FileExistsError when `out` is not new or empty.
     """
     if not (low_level or high_level):
         raise ValueError("give at least one of the low-level and high-level exports")
+    if pristine_folder and pristine_patches:
+        raise ValueError("give a pristine image folder or a pristine patch file, not both")
     out = pathlib.Path(out).absolute()  # Orbax wants absolute paths.
     _check_out_folder(out)
     description = {"format_version": qm.FORMAT_VERSION, "low_level": bool(low_level),
                    "high_level": bool(high_level), "regressor": False,
                    "zero_shot": {"patch_size": patch_size, "stride": patch_size // 2}}
     exports, stats = {}, None
-    if high_level:
-        exports[qm.HIGH_LEVEL_DIR] = checkpoint.read_export(_absolute(high_level))
-        qm.HighLevelEncoder.from_tree(*exports[qm.HIGH_LEVEL_DIR], source=high_level)
+    if high_level:  # Each export is checked as a model folder would be.
+        tree, metadata, source = encoders.read_checked_export(high_level, "high_level")
+        encoders.HighLevelEncoder.from_tree(tree, metadata, source=source)
+        exports[qm.HIGH_LEVEL_DIR] = tree, metadata
     if low_level:
-        exports[qm.LOW_LEVEL_DIR] = checkpoint.read_export(_absolute(low_level))
-        encoder = qm.LowLevelEncoder.from_tree(*exports[qm.LOW_LEVEL_DIR], chunk=chunk,
-                                               source=low_level)
+        tree, metadata, source = encoders.read_checked_export(low_level, "low_level")
+        encoder = encoders.LowLevelEncoder.from_tree(tree, metadata, chunk=chunk,
+                                                     source=source)
+        exports[qm.LOW_LEVEL_DIR] = tree, metadata
         stats, description["pristine"] = _pristine_statistics(
-            encoder, pristine_folder, patch_size=patch_size, chunk=chunk)
+            encoder, pristine_folder, pristine_patches, patch_size=patch_size, chunk=chunk)
+        description["zero_shot"] = {"patch_size": stats.patch_size,
+                                    "stride": stats.patch_size // 2}
     # Written only once everything above has worked.
     for name, (tree, metadata) in exports.items():
         checkpoint.write_export(str(out / name), tree, metadata)
@@ -110,19 +120,23 @@ def export_model(out, *, low_level: str | None = None, high_level: str | None = 
     return description
 
 
-def _pristine_statistics(encoder: qm.LowLevelEncoder, folder: str | None, *,
-                         patch_size: int, chunk: int):
+def _pristine_statistics(encoder: qm.LowLevelEncoder, folder: str | None,
+                         patch_file: str | None, *, patch_size: int, chunk: int):
     """The statistics, computed once, and what model.json says of them."""
     skipped: list[tuple[str, str]] = []
-    stats = pristine.pristine_statistics(pristine_images(folder, skipped),
-                                         encoder.patch_features, patch_size=patch_size,
-                                         chunk=chunk)
+    if patch_file:  # Already selected by the original; its patch size holds.
+        stats = pristine.patch_file_statistics(patch_file, encoder.patch_features,
+                                               chunk=chunk)
+    else:
+        stats = pristine.pristine_statistics(pristine_images(folder, skipped),
+                                             encoder.patch_features,
+                                             patch_size=patch_size, chunk=chunk)
     if stats.num_patches <= len(stats.mu):
         logging.warning("only %d pristine patches for %d features: the covariance is "
                         "singular (the distance's 1e-3 ridge keeps it usable); a larger "
                         "--pristine folder gives better statistics",
                         stats.num_patches, len(stats.mu))
-    return stats, {"source": folder or "embedded photographs",
+    return stats, {"source": patch_file or folder or "embedded photographs",
                    "num_patches": stats.num_patches,
                    "skipped_images": [path for path, _ in skipped]}
 
@@ -145,11 +159,15 @@ def main(argv: list[str]) -> int:
         print(f"unexpected arguments: {argv[1:]}", file=sys.stderr)
         return 2
     logging.set_verbosity(logging.WARNING)  # Orbax logs every write at INFO.
+    absolute = {name: flag.value and cli.absolute(flag.value) for name, flag in (
+        ("out", _OUT), ("low_level", _LOW_LEVEL), ("high_level", _HIGH_LEVEL),
+        ("pristine_folder", _PRISTINE), ("pristine_patches", _PRISTINE_PATCHES))}
     try:
-        description = export_model(_OUT.value, low_level=_LOW_LEVEL.value,
-                                   high_level=_HIGH_LEVEL.value,
-                                   pristine_folder=_PRISTINE.value,
-                                   patch_size=_PATCH_SIZE.value, chunk=_CHUNK.value)
+        description = export_model(**absolute, patch_size=_PATCH_SIZE.value,
+                                   chunk=_CHUNK.value)
+    except ImportError as error:  # h5py, for --pristine_patches.
+        print(f"export failed: {error}", file=sys.stderr)
+        return 1
     except (ValueError, OSError) as error:  # Bad exports, folders or pristine images.
         print(f"export failed: {error}", file=sys.stderr)
         return 2

@@ -87,8 +87,10 @@ configs (in the repository's configs/ folder):
                                (a folder of pristine images)
   configs/high_level.py        CLIP ViT-B/32, group-contrastive loss; needs the
                                checkpoint (--config.model.clip=HUB_NAME_OR_DIR)
-  configs/high_level.py:paper  the paper's high-level settings
-  configs/high_level.py:tiny   an offline smoke run with a tiny random CLIP
+  configs/high_level.py:paper  the paper's: CLIP RN50, read from an export that
+                               grepq convert --clip=RN50.pt writes once
+  configs/high_level.py:tiny, :tiny_rn50
+                               offline smoke runs with a tiny random CLIP
 
 examples:
   grepq train --config=configs/low_level.py --workdir=runs/low_level

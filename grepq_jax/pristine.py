@@ -14,13 +14,19 @@ Evaluation/compute_statistical_deviation.py (`NIQE.batch_covariance`):
   is strictly above `colourfulness_fraction` x the most colourful survivor.
 - Covariance is np.cov(rowvar=False, ddof=1) (`bias=False`).
 
-All pixel values are float in [0, 1] (torchvision's ToTensor), shape
-(..., H, W, 3) channels-last.
+Pixel values are float in [0, 1] (torchvision's ToTensor), shape
+(..., H, W, 3) channels-last; a scored image may also be held as uint8 or
+uint16 pixels (`data.images.read_pixels`), each chunk of its patches made
+float on its own.
 """
 import dataclasses
+import pathlib
+import re
 from collections.abc import Callable, Iterable, Iterator
 
 import numpy as np
+
+from grepq_jax.data import images
 
 FeaturesFn = Callable[[np.ndarray], np.ndarray]
 """(N, P, P, 3) float32 in [0, 1] -> (N, C) features (NumPy or JAX array)."""
@@ -157,11 +163,14 @@ def fit_gaussian(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def features_in_chunks(chunks: Iterable[np.ndarray], features_fn: FeaturesFn) -> np.ndarray:
     """Concatenated `features_fn(chunk)` over patch chunks -> (N, C) float32.
 
+    Each chunk is made float32 in [0, 1] on its own (`images.to_float`), so
+    an image may be held as uint8 and only one chunk is ever float.
+
     Raises ValueError when `features_fn` does not return one row per patch.
     """
     outputs = []
     for patches in chunks:
-        features = np.asarray(features_fn(np.asarray(patches, np.float32)), np.float32)
+        features = np.asarray(features_fn(images.to_float(patches)), np.float32)
         if features.ndim != 2 or len(features) != len(patches):
             raise ValueError(f"features_fn must map ({len(patches)}, P, P, 3) patches "
                              f"to ({len(patches)}, C) features, got {features.shape}")
@@ -191,13 +200,46 @@ class PristineStatistics:
 
     @classmethod
     def from_arrays(cls, arrays) -> "PristineStatistics":
-        """From `to_arrays()` output or an np.load of it."""
-        return cls(mu=np.asarray(arrays["mu"], np.float64),
-                   cov=np.asarray(arrays["cov"], np.float64),
-                   num_patches=int(arrays["num_patches"]),
-                   patch_size=int(arrays["patch_size"]),
-                   sharpness_fraction=float(arrays["sharpness_fraction"]),
-                   colourfulness_fraction=float(arrays["colourfulness_fraction"]))
+        """From `to_arrays()` output or an np.load of it, checked.
+
+        Raises ValueError naming the key when one is missing, of the wrong
+        shape or type, or not finite, when cov is not a symmetric (C, C)
+        matrix, num_patches < 2, patch_size < 1 or a fraction outside [0, 1].
+        """
+        mu, cov = _stored(arrays, "mu", np.floating), _stored(arrays, "cov", np.floating)
+        if mu.ndim != 1 or not len(mu):
+            raise ValueError(f"mu must be a (C,) vector, got shape {list(mu.shape)}")
+        if cov.shape != (len(mu), len(mu)):
+            raise ValueError(f"cov must be ({len(mu)}, {len(mu)}) like mu, got shape "
+                             f"{list(cov.shape)}")
+        if np.abs(cov - cov.T).max() > 1e-9 * np.abs(cov).max():
+            raise ValueError("cov is not symmetric")
+        num_patches = int(_stored(arrays, "num_patches", np.integer, scalar=True))
+        patch_size = int(_stored(arrays, "patch_size", np.integer, scalar=True))
+        if num_patches < 2 or patch_size < 1:
+            raise ValueError(f"num_patches must be >= 2 and patch_size >= 1, got "
+                             f"{num_patches} and {patch_size}")
+        fractions = {key: float(_stored(arrays, key, np.floating, scalar=True))
+                     for key in ("sharpness_fraction", "colourfulness_fraction")}
+        for key, value in fractions.items():
+            if not 0 <= value <= 1:
+                raise ValueError(f"{key} must be in [0, 1], got {value}")
+        return cls(mu=mu.astype(np.float64), cov=cov.astype(np.float64),
+                   num_patches=num_patches, patch_size=patch_size, **fractions)
+
+
+def _stored(arrays, key: str, kind, *, scalar: bool = False) -> np.ndarray:
+    """arrays[key], numeric of `kind` (np.floating also takes integers), finite."""
+    if key not in arrays:
+        raise ValueError(f"no array {key!r}")
+    value = np.asarray(arrays[key])
+    kinds = (np.floating, np.integer) if kind is np.floating else (kind,)
+    if not any(np.issubdtype(value.dtype, k) for k in kinds) or (scalar and value.ndim):
+        raise ValueError(f"{key} must be {'a scalar' if scalar else 'an array'} of "
+                         f"{kind.__name__}, got {value.dtype} of shape {list(value.shape)}")
+    if not np.isfinite(value).all():
+        raise ValueError(f"{key} holds NaN or infinite values")
+    return value
 
 
 def pristine_statistics(images: Iterable[np.ndarray], features_fn: FeaturesFn, *,
@@ -230,3 +272,74 @@ def pristine_statistics(images: Iterable[np.ndarray], features_fn: FeaturesFn, *
                               patch_size=patch_size,
                               sharpness_fraction=sharpness_fraction,
                               colourfulness_fraction=colourfulness_fraction)
+
+
+# The original's patch file: pristine_patches_%03d_%0.2f_%0.2f.hdf5 % (patch
+# size, sharpness, colourfulness), one float32 dataset "data" of the selected
+# patches, (N, 3, P, P) as ToTensor gives them, in [0, 1].
+PATCH_FILE_DATASET = "data"
+_PATCH_FILE_NAME = re.compile(r"pristine_patches_(\d+)_([\d.]+)_([\d.]+)\.hdf5$")
+ORIGINAL_FRACTIONS = (0.75, 0.8)  # test_zeroshot.py's defaults
+
+
+def _patch_file_fractions(path: pathlib.Path, patch_size: int) -> tuple[float, float]:
+    """The selection fractions the file's name states (the original's defaults
+    for another name); ValueError when its stated patch size is not the data's."""
+    match = _PATCH_FILE_NAME.search(path.name)
+    if not match:
+        return ORIGINAL_FRACTIONS
+    if int(match[1]) != patch_size:
+        raise ValueError(f"{path}: the name says {int(match[1])} px patches, "
+                         f"{PATCH_FILE_DATASET!r} holds {patch_size} px ones")
+    return float(match[2]), float(match[3])
+
+
+def patch_file_statistics(path, features_fn: FeaturesFn, *,
+                          chunk: int = 64) -> PristineStatistics:
+    """The Gaussian of `features_fn` over the ORIGINAL's selected pristine patches.
+
+    path: the original's `pristine_patches_096_0.75_0.80.hdf5` (layout above;
+    read with h5py, `chunk` patches at a time, so a large file is never held
+    whole). The patches are used as stored: the file holds them already
+    selected. Raises ValueError naming the file and the dataset when it is
+    not such a file (missing dataset, wrong shape or type, values outside [0,
+    1] or not finite, fewer than 2 patches); ImportError without h5py.
+    """
+    try:
+        import h5py
+    except ImportError:
+        raise ImportError("reading the original's pristine patch file needs h5py: "
+                          "pip install h5py") from None
+    path = pathlib.Path(path)
+    if not path.is_file():
+        raise ValueError(f"{path}: no such file")
+    try:
+        file = h5py.File(path, "r")
+    except OSError as error:
+        raise ValueError(f"{path}: not an HDF5 file ({error})") from None
+    with file:
+        data = file.get(PATCH_FILE_DATASET)
+        where = f"{path}: dataset {PATCH_FILE_DATASET!r}"
+        if not isinstance(data, h5py.Dataset):
+            raise ValueError(f"{where} is missing")
+        shape = data.shape
+        if (len(shape) != 4 or shape[1] != 3 or shape[2] != shape[3] or shape[0] < 2
+                or not np.issubdtype(data.dtype, np.floating)):
+            raise ValueError(f"{where} must be (N >= 2, 3, P, P) float patches, got "
+                             f"{data.dtype} of shape {list(shape)}")
+        fractions = _patch_file_fractions(path, shape[2])
+
+        def chunks():
+            for start in range(0, shape[0], chunk):
+                patches = np.asarray(data[start:start + chunk], np.float32)
+                if not (np.isfinite(patches).all() and patches.min() >= 0
+                        and patches.max() <= 1):
+                    raise ValueError(f"{where}: patches {start} to {start + len(patches) - 1}"
+                                     " hold values outside [0, 1] (or NaN)")
+                yield np.moveaxis(patches, 1, -1)  # NCHW -> NHWC
+
+        features = features_in_chunks(chunks(), features_fn)
+    mu, cov = fit_gaussian(features)
+    return PristineStatistics(mu=mu, cov=cov, num_patches=len(features),
+                              patch_size=shape[2], sharpness_fraction=fractions[0],
+                              colourfulness_fraction=fractions[1])

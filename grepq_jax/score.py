@@ -3,18 +3,32 @@
     python -m grepq_jax.score --model=models/grepq photos/ extra.jpg \
         --output=scores.csv [--json=scores.json] [--mode=zero_shot]
 
+The model folder is checked completely before any image is read or any
+output written: a damaged one stops the command with one line naming the
+file and key (exit 2).
+
 Files and folders (searched recursively for image suffixes; a file named
 explicitly is read whatever its suffix) are scored at their own resolution,
-in batches of same-size images, streaming: rows are written and flushed as
-they are done, so memory stays flat over a folder of any size. The CSV
-(stdout when --output is not given) has the columns
+streaming: rows are written and flushed as they are done, so memory stays
+flat over a folder of any size. Files without an image suffix and links to
+folders (not followed) are counted and listed on stderr at the end. The CSV
+(stdout when --output is not given; "\\n" line endings) has the columns
     path, low_level, high_level, combined, error   (zero-shot modes)
     path, prediction, error                        (regressor mode)
-with a part a mode does not compute left empty. A file that cannot be read
-or is too small gets a row with its error and the rest are scored; the exit
-code is 0 if every file was scored, 1 if any failed (or none was found), 2
-for bad flags or an unusable model folder. --json writes the same rows as a
-JSON array. A progress bar goes to stderr.
+with a part a mode does not compute left empty. Paths are written as text
+with each byte that is not UTF-8 shown as \\xNN (the same in CSV, JSON and
+on stdout). A file that cannot be read, is too small or has more than
+--max_pixels pixels gets a row with its error and the rest are scored; a
+score is never written as NaN or inf (such a row holds an error instead).
+The exit code is 0 if every file was scored, 1 if any failed (or none was
+found), 2 for bad flags or an unusable model folder. --json writes the same
+rows as a JSON array. A progress bar goes to stderr.
+
+Memory: with the low-level score alone each image is held as its file's
+pixels (uint8: 3 bytes a pixel) and made float one chunk of patches at a
+time; whole-image encoders take batches of at most --batch_size images and
+--batch_pixels pixels as float32 (a larger image alone). Memory thus
+depends on the largest image, never on the number of files.
 
 Modes (every score: higher is better):
     zero_shot        low + high, in (0, 1.5)   (the paper's combination)
@@ -31,8 +45,10 @@ if __name__ == "__main__":  # No PyTorch needed: see grepq_jax/cli.py.
 
 import csv
 import dataclasses
+import io
 import json
 import pathlib
+import re
 import sys
 from collections.abc import Iterable, Iterator
 from typing import Any
@@ -59,6 +75,7 @@ _SCORE_COLUMN = {"zero_shot": "combined", "zero_shot_low": "low_level",
                  "zero_shot_high": "high_level"}  # which part .score() returns
 ZERO_SHOT_COLUMNS = ("path", "low_level", "high_level", "combined", "error")
 REGRESSOR_COLUMNS = ("path", "prediction", "error")
+PATH_TYPES = (str, bytes, os.PathLike)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,6 +87,24 @@ class ScoreResult:
     error: str | None = None
 
 
+# A file name's bytes that are not UTF-8 reach Python as lone surrogates
+# (surrogate escapes), which no output encoding accepts.
+_SURROGATES = re.compile("[\ud800-\udfff]")
+
+
+def printable(text: str | bytes | os.PathLike) -> str:
+    """A path (or a message holding one) as text any UTF-8 output takes.
+
+    os.fsdecode, then each byte that is not UTF-8 (a surrogate escape) is
+    written as the four characters \\xNN: the name b"a_\\xff.png" prints
+    as a_\\xff.png.
+    """
+    def escape(match):
+        code = ord(match[0])
+        return f"\\x{code - 0xDC00:02x}" if code >= 0xDC80 else f"\\u{code:04x}"
+    return _SURROGATES.sub(escape, os.fsdecode(text))
+
+
 def default_mode(model: qm.QualityModel) -> str:
     """zero_shot with both encoders, else the zero-shot mode of the one present."""
     if model.low_level and model.high_level:
@@ -77,29 +112,37 @@ def default_mode(model: qm.QualityModel) -> str:
     return "zero_shot_low" if model.low_level else "zero_shot_high"
 
 
-def as_rgb(image) -> np.ndarray:
-    """A path, PIL image or array -> (H, W, 3) float32 in [0, 1].
+def as_pixels(image, *, max_pixels: int = images.MAX_PIXELS) -> np.ndarray:
+    """A path, PIL image or array -> pixels as `data.images.read_pixels` gives them.
 
-    Arrays: (H, W, 3) floating point in [0, 1], or uint8 (H, W, 3) / (H, W)
-    (divided by 255). PIL images get their EXIF orientation applied, as
-    files do. Raises ValueError (UnusableImageError for files) saying why.
+    Paths: str, bytes or os.PathLike. Arrays: (H, W, 3) floating point in
+    [0, 1], or uint8 (H, W, 3) / (H, W). PIL images get their EXIF
+    orientation applied, as files do. More than `max_pixels` pixels is an
+    error. Raises ValueError (UnusableImageError for files) saying why.
     """
-    if isinstance(image, (str, os.PathLike)):
-        return images.read_image(image)
+    if isinstance(image, PATH_TYPES):
+        return images.read_pixels(image, max_pixels=max_pixels)
     if isinstance(image, Image.Image):
+        images.check_pixel_count(*image.size, max_pixels)
         try:
-            return images.pil_to_rgb(ImageOps.exif_transpose(image))
+            return images.pil_to_pixels(ImageOps.exif_transpose(image))
         except OSError as error:  # A lazily opened image that fails to decode.
             raise images.UnusableImageError(f"cannot decode ({error})") from error
     array = np.asarray(image)
+    if array.size == 0:
+        raise ValueError(f"an empty image (an array of shape {array.shape})")
+    if array.ndim in (2, 3):
+        images.check_pixel_count(array.shape[1], array.shape[0], max_pixels)
     if array.dtype == np.uint8:
-        if array.ndim == 2 or (array.ndim == 3 and array.shape[-1] == 3):
-            return images.pixels_to_rgb(array)
+        if array.ndim == 2:
+            return images.grey_to_rgb(array)
+        if array.ndim == 3 and array.shape[-1] == 3:
+            return array
     elif np.issubdtype(array.dtype, np.floating) and array.ndim == 3 and array.shape[-1] == 3:
         if not np.all(np.isfinite(array)) or array.min() < 0 or array.max() > 1:
             raise ValueError("a float image must hold finite values in [0, 1], got "
                              f"[{array.min()}, {array.max()}]")
-        return array.astype(np.float32)
+        return array.astype(np.float32, copy=False)
     raise ValueError(f"expected an (H, W, 3) RGB array in [0, 1] (or uint8), got "
                      f"{array.dtype} of shape {array.shape}")
 
@@ -113,7 +156,8 @@ class Scorer:
     higher_is_better = True
 
     def __init__(self, model: qm.QualityModel, mode: str | None = None, *,
-                 batch_size: int = 8):
+                 batch_size: int = 8, batch_pixels: int = qm.BATCH_PIXELS,
+                 max_pixels: int = images.MAX_PIXELS):
         mode = mode or default_mode(model)
         if mode not in MODES:
             raise ValueError(f"unknown mode {mode!r}; choose one of {list(MODES)}")
@@ -121,15 +165,18 @@ class Scorer:
             if model.regressor is None:
                 raise ValueError("this model folder has no regressor: fit one with "
                                  "python -m grepq_jax.evaluate --fit_regressor_into_model")
-            if model.regressor_info.get("parts") != model.parts:
-                raise ValueError(f"the regressor reads {model.regressor_info.get('parts')}, "
-                                 f"but the model holds {model.parts}")
             self.needs = model.regression_needs()
             self.score_range = tuple(model.regressor_info["score_range"])
         else:
             self.needs = model.check_needs(MODES[mode])
             self.score_range = SCORE_RANGES[mode]
-        self.model, self.mode, self.batch_size = model, mode, batch_size
+        for name, value in (("batch_size", batch_size), ("batch_pixels", batch_pixels),
+                            ("max_pixels", max_pixels)):
+            if value < 1:
+                raise ValueError(f"{name} must be >= 1, got {value}")
+        self.model, self.mode = model, mode
+        self.batch_size, self.batch_pixels, self.max_pixels = (batch_size, batch_pixels,
+                                                               max_pixels)
         self.columns = REGRESSOR_COLUMNS if mode == "regressor" else ZERO_SHOT_COLUMNS
 
     def score(self, image) -> float:
@@ -140,7 +187,7 @@ class Scorer:
         """
         result = next(self.score_many([image]))
         if result.error is not None:
-            raise ValueError(f"{_describe(image)}: {result.error}")
+            raise ValueError(f"{describe(image)}: {result.error}")
         return result.score
 
     def score_many(self, sources: Iterable) -> Iterator[ScoreResult]:
@@ -148,51 +195,65 @@ class Scorer:
 
         A source that cannot be read or scored gets a result with `error`.
         """
-        return (self._result(source, analysis) for source, analysis in self.model.analyse(
-            _read_lazily(sources), needs=self.needs, batch_size=self.batch_size))
+        analyses = self.model.analyse(self._read_lazily(sources), needs=self.needs,
+                                      batch_size=self.batch_size,
+                                      batch_pixels=self.batch_pixels)
+        return (self._result(source, analysis) for source, analysis in analyses)
+
+    def _read_lazily(self, sources: Iterable) -> Iterator[tuple[Any, Any]]:
+        for source in sources:
+            try:
+                yield source, as_pixels(source, max_pixels=self.max_pixels)
+            except ValueError as error:
+                yield source, error
 
     def _result(self, source, analysis) -> ScoreResult:
         if isinstance(analysis, Exception):
-            return ScoreResult(source, None, {}, str(analysis) or type(analysis).__name__)
+            return ScoreResult(source, None, {},
+                               printable(str(analysis) or type(analysis).__name__))
         if self.mode == "regressor":
             kind = self.model.regressor_info["features"]
             features = self.model.regression_features(analysis, kind)[None]
-            value = float(self.model.regressor.predict(features)[0])
-            return ScoreResult(source, value, {"prediction": value})
-        parts = {name: value for name, value in (("low_level", analysis.low_level_score),
-                                                 ("high_level", analysis.high_level_score))
-                 if value is not None}
-        if self.mode == "zero_shot":
-            parts["combined"] = float(zero_shot.combined_score(parts["low_level"],
-                                                               parts["high_level"]))
-        return ScoreResult(source, parts[_SCORE_COLUMN[self.mode]], parts)
+            parts = {"prediction": float(self.model.regressor.predict(features)[0])}
+        else:
+            parts = {name: value for name, value in (
+                ("low_level", analysis.low_level_score),
+                ("high_level", analysis.high_level_score)) if value is not None}
+            if self.mode == "zero_shot":
+                parts["combined"] = float(zero_shot.combined_score(parts["low_level"],
+                                                                   parts["high_level"]))
+        if not all(np.isfinite(value) for value in parts.values()):
+            return ScoreResult(source, None, {}, f"the model gave a non-finite score "
+                               f"{parts}; its folder is damaged")
+        column = "prediction" if self.mode == "regressor" else _SCORE_COLUMN[self.mode]
+        return ScoreResult(source, parts[column], parts)
 
 
-def _describe(source) -> str:
-    if isinstance(source, (str, os.PathLike)):
-        return str(source)
+def describe(source) -> str:
+    """A path as printable text; anything else by its type."""
+    if isinstance(source, PATH_TYPES):
+        return printable(source)
     return f"{type(source).__name__} image"
 
 
-def _read_lazily(sources: Iterable) -> Iterator[tuple[Any, np.ndarray | Exception]]:
-    for source in sources:
-        try:
-            yield source, as_rgb(source)
-        except ValueError as error:
-            yield source, error
-
-
 def create_scorer(model_folder, mode: str | None = None, *, batch_size: int = 8,
-                  chunk: int = 64) -> Scorer:
+                  chunk: int = 64, batch_pixels: int = qm.BATCH_PIXELS,
+                  max_pixels: int = images.MAX_PIXELS) -> Scorer:
     """A Scorer for the model folder written by `python -m grepq_jax.export`.
 
     mode: "zero_shot", "zero_shot_low", "zero_shot_high" or "regressor";
     None picks zero_shot, or the zero-shot mode of the one encoder present.
-    batch_size: same-size images encoded together; chunk: low-level patches
-    at once. Neither changes a score.
+    batch_size and batch_pixels: at most this many same-size images, and
+    pixels, through the whole-image encoders at once; chunk: low-level
+    patches at once. None of these changes a score (the low-level score is
+    bit-identical; whole-image outputs agree to float32 rounding).
+    max_pixels: larger images are refused, each with its error. Raises
+    ModelFolderError (a ValueError) naming the file when the folder is
+    damaged.
     """
     return Scorer(qm.QualityModel.load(model_folder, chunk=chunk), mode,
-                  batch_size=batch_size)
+                  batch_size=batch_size, batch_pixels=batch_pixels,
+                  max_pixels=max_pixels)
 
 
 # Command line ---------------------------------------------------------------
@@ -207,67 +268,89 @@ _OUTPUT = flags.DEFINE_string("output", "-", "The CSV file to write; - for stdou
                               flag_values=FLAGS)
 _JSON = flags.DEFINE_string("json", None, "Also write the rows as a JSON array here.",
                             flag_values=FLAGS)
-_BATCH_SIZE = flags.DEFINE_integer("batch_size", 8, "Images held and encoded together.",
-                                   lower_bound=1, flag_values=FLAGS)
+_BATCH_SIZE = flags.DEFINE_integer(
+    "batch_size", 8, "At most this many same-size images through the whole-image "
+    "encoders at once.", lower_bound=1, flag_values=FLAGS)
+_BATCH_PIXELS = flags.DEFINE_integer(
+    "batch_pixels", qm.BATCH_PIXELS, "At most this many pixels through the whole-image "
+    "encoders at once (a larger image goes alone).", lower_bound=1, flag_values=FLAGS)
+_MAX_PIXELS = flags.DEFINE_integer(
+    "max_pixels", images.MAX_PIXELS, "Refuse (with an error row) images with more "
+    "pixels; default and most: Pillow's decompression-bomb limit.", lower_bound=1,
+    upper_bound=images.MAX_PIXELS, flag_values=FLAGS)
 _CHUNK = flags.DEFINE_integer("chunk", 64, "Low-level patches through the encoder at once.",
                               lower_bound=1, flag_values=FLAGS)
 
 
-def iter_image_paths(paths: Iterable[str]) -> Iterator[pathlib.Path]:
-    """Each path itself if a file (or missing: reading it reports that), else the
-    image files under it, recursively, sorted per folder, found lazily.
-
-    Symbolic links to folders are not followed (no link loops).
+def iter_image_paths(paths: Iterable[str], skips: images.WalkSkips | None = None
+                     ) -> Iterator[pathlib.Path]:
+    """Each path itself if not a folder (reading it reports a missing file),
+    else the entries with image suffixes under it (`data.images.walk_image_files`,
+    lazily); what the walks pass over is counted in `skips`.
     """
     for path in map(pathlib.Path, paths):
-        if not path.is_dir():
+        if path.is_dir():
+            yield from images.walk_image_files(path, skips)
+        else:
             yield path
-            continue
-        for root, folders, names in os.walk(path):
-            folders.sort()
-            for name in sorted(names):
-                if pathlib.Path(name).suffix.lower() in images.IMAGE_SUFFIXES:
-                    yield pathlib.Path(root, name)
 
 
 class _RowWriter:
-    """CSV (and optionally a JSON array) written and flushed row by row."""
+    """CSV (and optionally a JSON array) written and flushed row by row.
+
+    Each row is formatted whole first; a row its file's encoding cannot take
+    is written with backslash escapes instead, so no row is ever lost.
+    """
 
     def __init__(self, columns, csv_file, json_file):
         self.columns = columns
-        self._csv = csv.DictWriter(csv_file, columns)
-        self._csv.writeheader()
-        self._files = [csv_file] + ([json_file] if json_file else [])
-        self._json, self._rows = json_file, 0
+        self._csv_file, self._json_file, self._rows = csv_file, json_file, 0
+        _write(csv_file, self._csv_line(dict(zip(columns, columns))))
         if json_file:
-            json_file.write("[")
+            _write(json_file, "[")
+
+    def _csv_line(self, row: dict) -> str:
+        text = io.StringIO()
+        csv.DictWriter(text, self.columns, lineterminator="\n").writerow(row)
+        return text.getvalue()
 
     def write(self, result: ScoreResult) -> None:
-        row = {"path": str(result.source), "error": result.error or ""} | result.parts
-        self._csv.writerow({name: row.get(name, "") for name in self.columns})
-        if self._json:
-            record = {name: row.get(name) for name in self.columns}
-            record["error"] = result.error
-            self._json.write(("," if self._rows else "") + "\n" + json.dumps(record))
+        row = {"path": describe(result.source), "error": result.error} | result.parts
+        _write(self._csv_file, self._csv_line(
+            {name: "" if row.get(name) is None else row[name] for name in self.columns}))
+        if self._json_file:
+            record = json.dumps({name: row.get(name) for name in self.columns})
+            _write(self._json_file, ("," if self._rows else "") + "\n" + record)
         self._rows += 1
-        for file in self._files:
-            file.flush()
 
     def close(self) -> None:
-        if self._json:
-            self._json.write("\n]\n")
+        if self._json_file:
+            _write(self._json_file, "\n]\n")
+
+
+def _write(file, text: str) -> None:
+    """Writes and flushes `text`; escaped to ASCII if the encoding refuses it."""
+    try:
+        file.write(text)
+    except UnicodeEncodeError:
+        file.write(text.encode("ascii", "backslashreplace").decode("ascii"))
+    file.flush()
 
 
 def score_paths(scorer: Scorer, paths: list[str], csv_file, json_file=None, *,
-                progress: bool = True) -> tuple[int, int]:
-    """Writes a row per image of `paths`; returns (scored, failed)."""
+                progress: bool = True, skips: images.WalkSkips | None = None
+                ) -> tuple[int, int]:
+    """Writes a row per image of `paths`; returns (scored, failed).
+
+    What the folder walks pass over is counted in `skips`.
+    """
     total = sum(1 for _ in iter_image_paths(paths))  # A cheap first walk, for the ETA.
     writer = _RowWriter(scorer.columns, csv_file, json_file)
     scored = failed = 0
     try:
         with tqdm.tqdm(total=total, unit="image", disable=not progress,
                        file=sys.stderr) as bar:
-            for result in scorer.score_many(iter_image_paths(paths)):
+            for result in scorer.score_many(iter_image_paths(paths, skips)):
                 writer.write(result)
                 scored += result.error is None
                 failed += result.error is not None
@@ -277,6 +360,30 @@ def score_paths(scorer: Scorer, paths: list[str], csv_file, json_file=None, *,
     return scored, failed
 
 
+def _open_outputs():
+    """(csv file, JSON file or None), opened; OSError if one cannot be."""
+    out = sys.stdout if _OUTPUT.value == "-" else open(
+        cli.absolute(_OUTPUT.value), "w", newline="", encoding="utf-8")
+    try:
+        json_file = (open(cli.absolute(_JSON.value), "w", encoding="utf-8")
+                     if _JSON.value else None)
+    except OSError:
+        if out is not sys.stdout:
+            out.close()
+        raise
+    return out, json_file
+
+
+def _close(*files) -> None:
+    """Closes the output files (not stdout); a failure was reported already."""
+    for file in files:
+        if file not in (None, sys.stdout):
+            try:
+                file.close()
+            except OSError:
+                pass
+
+
 def main(argv: list[str]) -> int:
     paths = argv[1:]
     if not paths:
@@ -284,21 +391,33 @@ def main(argv: list[str]) -> int:
         return 2
     logging.set_verbosity(logging.WARNING)  # Orbax logs every read at INFO.
     try:
-        scorer = create_scorer(_MODEL.value, _MODE.value, batch_size=_BATCH_SIZE.value,
-                               chunk=_CHUNK.value)
+        scorer = create_scorer(
+            cli.absolute(_MODEL.value), _MODE.value, batch_size=_BATCH_SIZE.value,
+            chunk=_CHUNK.value, batch_pixels=_BATCH_PIXELS.value,
+            max_pixels=_MAX_PIXELS.value)
     except ValueError as error:  # ModelFolderError, or a mode the model cannot do.
-        print(f"cannot score with {_MODEL.value}: {error}", file=sys.stderr)
+        print(f"cannot score with {_MODEL.value}: {printable(str(error))}",
+              file=sys.stderr)
+        return 2
+    try:
+        out, json_file = _open_outputs()
+    except OSError as error:
+        print(f"cannot write the output: {printable(str(error))}", file=sys.stderr)
         return 2
     print(f"scoring in mode {scorer.mode} (the model holds {scorer.model.parts}); "
           f"scores in {scorer.score_range}, higher is better", file=sys.stderr)
-    out = sys.stdout if _OUTPUT.value == "-" else open(_OUTPUT.value, "w", newline="")
-    json_file = open(_JSON.value, "w") if _JSON.value else None
+    skips = images.WalkSkips()
     try:
-        scored, failed = score_paths(scorer, paths, out, json_file)
+        scored, failed = score_paths(scorer, paths, out, json_file, skips=skips)
+    except BrokenPipeError:
+        raise  # cli.run ends quietly: the reader (`| head`) has gone.
+    except OSError as error:  # Disk full and the like: the rows so far are kept.
+        print(f"cannot write the output: {printable(str(error))}", file=sys.stderr)
+        return 1
     finally:
-        for file in (out, json_file):
-            if file not in (None, sys.stdout):
-                file.close()
+        _close(out, json_file)
+    for line in skips.summary():
+        print(f"not scored: {printable(line)}", file=sys.stderr)
     print(f"scored {scored} image(s); {failed} failed (see the error column)",
           file=sys.stderr)
     return 1 if failed or not scored else 0

@@ -250,6 +250,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
         optimizer,
         replicated,
     )
+    distributed.wait_for_every_process("grepq_data_ready")
     checkpoints = checkpoint.TrainCheckpoints(
         str(workdir / "checkpoints"),
         save_every_steps=config.checkpoint_every_steps,

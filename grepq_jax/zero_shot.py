@@ -70,10 +70,14 @@ def image_low_level_distance(image: np.ndarray, features_fn: FeaturesFn,
                              stats: PristineStatistics, *, patch_size: int = 96,
                              stride: int = 48, chunk: int = 64,
                              ridge: float = 1e-3) -> float:
-    """Distance of one image (H, W, 3) in [0, 1] from the pristine Gaussian.
+    """Distance of one image from the pristine Gaussian.
 
-    The image is cut at its own resolution (no resize, remainder dropped) and
-    `features_fn` sees at most `chunk` patches at a time. Raises ValueError,
+    image: (H, W, 3) float in [0, 1], or pixels as `data.images.read_pixels`
+    gives them ((H, W, 3) uint8 or uint16, (H, W, 4) uint8 with alpha), each
+    chunk of patches made float32 on its own (bit-identical to converting the
+    whole image first, without its memory). The image is cut at its own
+    resolution (no resize, remainder dropped) and `features_fn` sees at most
+    `chunk` float32 patches at a time. Raises ValueError,
     naming the image size, when it yields fewer than 2 patches (too small for
     a covariance; the original fails there too) or when `patch_size` differs
     from the one the statistics were computed with.

@@ -13,9 +13,12 @@ from grepq_jax import checkpoint
 from grepq_jax import distributed
 from grepq_jax import train
 from conftest import params_of, read_scalars
-from run_main import Child, child_env, free_port, main_command
+import gated_main
+from run_main import Child, child_env, free_port
 
 STEPS = 6
+# XLA's log line once JAX's preemption protocol has picked the step to stop at.
+SYNC_POINT_SET = "Preemption sync counter is set"
 CLUSTER_VARIABLES = (
     "SLURM_JOB_ID",
     "SLURM_STEP_NODELIST",
@@ -28,12 +31,18 @@ CLUSTER_VARIABLES = (
 )
 
 
-def start_pair(folder, workdir, logs) -> list[Child]:
-    """Processes 0 and 1 of one job, 2 CPU devices each, on 127.0.0.1."""
+def start_pair(folder, workdir, logs, gates, held=()) -> list[Child]:
+    """Processes 0 and 1 of one job, 2 CPU devices each, on 127.0.0.1, logging
+    to `logs`_process_{0,1}.log; the batches of steps `held` wait at gates
+    (tests/gated_main.py)."""
     port = free_port()
+    # INFO from XLA's C++: the preemption protocol's progress.
+    env = dict(child_env(devices=2), TF_CPP_MIN_LOG_LEVEL="0")
     return [
         Child(
-            main_command(
+            gated_main.command(
+                gates,
+                held,
                 "configs/low_level.py:tiny",
                 workdir,
                 f"--config.data.path={folder}",
@@ -43,8 +52,8 @@ def start_pair(folder, workdir, logs) -> list[Child]:
                 "--num_processes=2",
                 f"--process_id={i}",
             ),
-            child_env(devices=2),
-            logs / f"{workdir.name}_process_{i}.log",
+            env,
+            logs.with_name(f"{logs.name}_process_{i}.log"),
         )
         for i in (0, 1)
     ]
@@ -55,26 +64,29 @@ def test_two_processes_train_as_one_process_with_their_devices(
 ):
     """2 processes x 2 CPU devices (gloo collectives) against 1 x 4.
 
-    Midway, SIGTERM reaches process 1 only: JAX's preemption service stops
-    both at the same step, after saving it; the same commands then resume.
+    After step 1, SIGTERM reaches process 1 only: JAX's preemption service
+    stops both at the same step, after saving it; the same commands then
+    resume. Both wait before step 2 until the service has picked that step
+    (the latest step + 1), so the test races neither the job nor the service.
     """
-    workdir = tmp_path / "two"
-    stopped = start_pair(photo_folder, workdir, tmp_path)
-    stopped[0].wait_for(
-        lambda: (workdir / "checkpoints/1/commit_success.txt").exists()
-    )
+    workdir, gates = tmp_path / "two", tmp_path / "gates"
+    stopped = start_pair(photo_folder, workdir, tmp_path / "stopped", gates, held=[1])
+    stopped[0].wait_for(lambda: len(list(gates.glob("1.reached.*"))) == 2)
     stopped[1].signal(signal.SIGTERM)
+    for child in stopped:
+        child.wait_for(lambda child=child: SYNC_POINT_SET in child.text())
+    (gates / "1").touch()
     for child in stopped:
         assert child.wait() == 0, child.text()[-3000:]
     stops = {
         int(re.search(r"Stopped by SIGTERM after step (\d+)", c.text())[1])
         for c in stopped
     }
-    assert len(stops) == 1 and 1 <= min(stops) < STEPS, stops
-    resumed = start_pair(photo_folder, workdir, tmp_path)
+    assert stops == {2}
+    resumed = start_pair(photo_folder, workdir, tmp_path / "resumed", gates)
     for child in resumed:
         assert child.wait() == 0, child.text()[-3000:]
-    assert f"Resuming from step {min(stops)} of {STEPS}" in resumed[0].text()
+    assert f"Resuming from step 2 of {STEPS}" in resumed[0].text()
 
     config = low_level_config.get_config("tiny")
     config.data.path = str(photo_folder)

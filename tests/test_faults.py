@@ -1,12 +1,14 @@
 """Faults: SIGKILL, SIGTERM, half-written checkpoints, non-finite losses.
 
-The kill tests run `python -m grepq_jax.main` as a user would and compare its
-export with an uninterrupted in-process run of the same config: same
-compiled program (8 CPU devices in both), batches a pure function of
+The kill tests run `python -m grepq_jax.main` as a user would (through
+tests/gated_main.py, which can hold a step until the test opens its gate) and
+compare its export with an uninterrupted in-process run of the same config:
+same compiled program (8 CPU devices in both), batches a pure function of
 (seed, step), so equal bit for bit.
 """
 
 import dataclasses
+import functools
 import re
 import shutil
 import signal
@@ -20,7 +22,8 @@ from configs import low_level as low_level_config
 from grepq_jax import checkpoint
 from grepq_jax import train
 from conftest import params_of
-from run_main import Child, child_env, main_command
+import gated_main
+from run_main import Child, child_env
 
 TOTAL_STEPS = 12  # 8 photos, 2 a step, 3 epochs
 
@@ -42,9 +45,11 @@ def tiny_config(folder, **more):
     return config
 
 
-def run_command(folder, workdir) -> list[str]:
+def run_command(folder, workdir, gates, held=()) -> list[str]:
+    """The training command; the batches of steps `held` (0-based: batch s
+    ends at step s + 1) wait until the test creates `gates`/s."""
     flags = [f"--config.{k}={v}" for k, v in overrides(folder).items()]
-    return main_command("configs/low_level.py:tiny", workdir, *flags)
+    return gated_main.command(gates, held, "configs/low_level.py:tiny", workdir, *flags)
 
 
 def committed_steps(workdir) -> list[int]:
@@ -78,23 +83,28 @@ def test_two_sigkills_and_a_sigterm_end_bit_for_bit(
     photo_folder, tmp_path, uninterrupted
 ):
     """Killed after step 3, stopped by SIGTERM two saves after resuming,
-    killed while saving step 10, restarted each time with the same command."""
-    workdir, env = tmp_path / "work", child_env(devices=8)
-    command = run_command(photo_folder, workdir)
+    killed while saving step 10, restarted each time with the same command.
+
+    Gates bound how far each run can get before the test acts, so no
+    assertion depends on the test's polling winning a race with the run.
+    """
+    workdir, env, gates = tmp_path / "work", child_env(devices=8), tmp_path / "gates"
+    command = functools.partial(run_command, photo_folder, workdir, gates)
     step_dir = lambda k: workdir / "checkpoints" / str(k)  # noqa: E731
     saved = lambda k: (step_dir(k) / "commit_success.txt").exists()  # noqa
 
-    first = Child(command, env, tmp_path / "first.log")
+    first = Child(command(held=[4]), env, tmp_path / "first.log")
     first.wait_for(lambda: saved(3))
-    first.kill()  # lands wherever the run has got to
+    first.kill()  # lands in step 4, its save, or at the gate before step 5
     kept = committed_steps(workdir)[-1]
-    assert 3 <= kept <= 6
+    assert kept in (3, 4)
 
-    second = Child(command, env, tmp_path / "second.log")
     # A save of its own: the run is in its loop, its SIGTERM handler set.
     target = kept + 2
+    second = Child(command(held=[target]), env, tmp_path / "second.log")
     second.wait_for(lambda: saved(target))
     second.signal(signal.SIGTERM)
+    (gates / str(target)).touch()  # Step target + 1 runs, then it stops.
     assert second.wait() == 0, second.text()[-3000:]
     assert resumed_from(second.text()) == kept
     stopped = re.search(
@@ -102,17 +112,17 @@ def test_two_sigkills_and_a_sigterm_end_bit_for_bit(
     )
     assert stopped, second.text()[-3000:]
     kept = int(stopped.group(1))
-    assert target <= kept < 10 and committed_steps(workdir)[-1] == kept
+    assert kept == target + 1 and committed_steps(workdir)[-1] == kept
     assert not (workdir / "export").exists()
 
-    third = Child(command, env, tmp_path / "third.log")
+    third = Child(command(held=[10]), env, tmp_path / "third.log")
     third.wait_for(lambda: step_dir(10).exists())
     third.kill()  # mostly while step 10 is being written
     assert resumed_from(third.text()) == kept
     kept = committed_steps(workdir)[-1]
     assert kept in (9, 10)  # Orbax finishes one save before it starts the next
 
-    last = Child(command, env, tmp_path / "last.log")
+    last = Child(command(), env, tmp_path / "last.log")
     assert last.wait() == 0, last.text()[-3000:]
     # An unfinished step 10, if the kill caught one, was not taken for good.
     assert resumed_from(last.text()) == kept

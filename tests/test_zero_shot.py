@@ -242,3 +242,64 @@ def test_image_low_level_score_rejects_too_few_patches_and_wrong_patch_size():
     with pytest.raises(ValueError, match="patch_size 64"):
         zero_shot.image_low_level_score(np.zeros((300, 300, 3)), _toy_features, stats,
                                         patch_size=64, stride=32, chunk=8)
+
+
+def test_integer_pixels_score_exactly_as_their_float_values():
+    """uint8, uint16 and alpha pixels are made float a chunk at a time: the
+    same bits as converting the whole image first."""
+    from grepq_jax.data import images  # pylint: disable=import-outside-toplevel
+    rng = np.random.default_rng(10)
+    stats = _reference_stats(rng)
+    for pixels in (rng.integers(0, 256, (200, 250, 3), np.uint8),
+                   rng.integers(0, 65536, (200, 250, 3), np.uint16),
+                   rng.integers(0, 256, (200, 250, 4), np.uint8)):
+        as_float = images.to_float(pixels)
+        assert as_float.shape == (200, 250, 3)
+        got = zero_shot.image_low_level_score(pixels, _bounded(_toy_features, 3), stats,
+                                              chunk=3)
+        assert got == zero_shot.image_low_level_score(as_float, _toy_features, stats,
+                                                      chunk=3)
+
+
+def _saved_statistics(**changes):
+    rng = np.random.default_rng(11)
+    arrays = pristine.PristineStatistics(
+        mu=rng.normal(size=4), cov=_random_spd(rng, 4), num_patches=20, patch_size=96,
+        sharpness_fraction=0.75, colourfulness_fraction=0.8).to_arrays()
+    for key, value in changes.items():
+        if value is None:
+            del arrays[key]
+        else:
+            arrays[key] = value(arrays[key]) if callable(value) else value
+    return arrays
+
+
+def _with_nan(array):
+    array = array.copy()
+    array.flat[-1] = np.nan
+    return array
+
+
+def _skewed(cov):
+    cov = cov.copy()
+    cov[0, 3] += 1e-3
+    return cov
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"cov": None}, "no array 'cov'"),
+    ({"mu": _with_nan}, "mu holds NaN or infinite values"),
+    ({"cov": _with_nan}, "cov holds NaN or infinite values"),
+    ({"mu": np.zeros((4, 1))}, r"mu must be a \(C,\) vector, got shape \[4, 1\]"),
+    ({"mu": np.zeros(5)}, r"cov must be \(5, 5\) like mu, got shape \[4, 4\]"),
+    ({"cov": _skewed}, "cov is not symmetric"),
+    ({"mu": np.array(["a", "b"])}, "mu must be an array of floating, got <U1"),
+    ({"num_patches": np.array(1)}, "num_patches must be >= 2"),
+    ({"patch_size": np.array(0)}, "patch_size >= 1, got 20 and 0"),
+    ({"patch_size": np.array([96])}, "patch_size must be a scalar of integer"),
+    ({"sharpness_fraction": np.array(1.5)}, r"sharpness_fraction must be in \[0, 1\]"),
+])
+def test_damaged_statistics_are_refused_naming_the_key(changes, message):
+    with pytest.raises(ValueError, match=message):
+        pristine.PristineStatistics.from_arrays(_saved_statistics(**changes))
+    assert pristine.PristineStatistics.from_arrays(_saved_statistics()).num_patches == 20

@@ -9,11 +9,13 @@ of processes and yields the batches in step order either way.
 
 import collections
 from concurrent import futures
+import contextlib
 import functools
 import itertools
 import multiprocessing
 import os
 import queue
+import signal
 import threading
 import time
 from typing import Callable, Iterable, Iterator, Sequence
@@ -135,7 +137,9 @@ def ordered_map(function: Callable, items: Iterable, *, workers: int,
     try:
         while True:
             for item in itertools.islice(upcoming, depth - len(pending)):
-                pending.append(pool.submit(function, item))
+                # submit() is where the pool starts its processes.
+                with _group_signals_held():
+                    pending.append(pool.submit(function, item))
             if not pending:
                 return
             yield pending.popleft().result()
@@ -145,6 +149,26 @@ def ordered_map(function: Callable, items: Iterable, *, workers: int,
         pool.shutdown(wait=True, cancel_futures=True)
 
 
+# What Ctrl-C, `timeout` and schedulers send to the trainer's process group.
+_GROUP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+@contextlib.contextmanager
+def _group_signals_held():
+    """Holds _GROUP_SIGNALS in this thread while the body runs.
+
+    A process started meanwhile inherits the held mask through exec, so a
+    signal sent to the group before the worker has left it (`_start_worker`)
+    waits instead of killing the worker while Python is still starting. The
+    trainer's own handler runs when the body ends.
+    """
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, _GROUP_SIGNALS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
 def _start_worker(parent: int, initializer: Callable | None, initargs: tuple):
     """Detaches a worker from the trainer's signals, but not from its life.
 
@@ -152,8 +176,15 @@ def _start_worker(parent: int, initializer: Callable | None, initargs: tuple):
     sent to the trainer's process group (Ctrl-C, `timeout`, a scheduler), so
     the trainer can finish its step and save; the trainer's exit closes the
     pool. A thread ends the worker if the trainer dies without closing it.
+    The worker starts with those signals held (`_group_signals_held`).
     """
     os.setsid()
+    for signum in _GROUP_SIGNALS:
+        # Ignoring a signal discards it if pending: the group's signals that
+        # arrived before setsid() were meant for the trainer.
+        handler = signal.signal(signum, signal.SIG_IGN)
+        signal.signal(signum, handler)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, _GROUP_SIGNALS)
 
     def exit_with_parent():
         while os.getppid() == parent:

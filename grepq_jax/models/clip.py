@@ -1,8 +1,9 @@
 """The high-level (CLIP) model: a trainable image tower and frozen prompt embeddings.
 
-This is the ONLY module that imports transformers' CLIP classes (they are
+This module and clip_rn50_text.py (OpenAI's text tower as HF's Flax CLIP text
+model) are the only ones that import transformers' CLIP classes (they are
 deprecated upstream; 4.57.x is the last line that has them), so an upstream
-change touches this file alone.
+change touches these two files alone.
 
 Image-tower param tree (`ClipImageEncoder`), identical to the matching subtrees
 of `FlaxCLIPModel.params`, so `vision_params_from_pretrained` only selects:
@@ -22,9 +23,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
 import pathlib
 import socket
+import tempfile
 import urllib.parse
 from collections.abc import Sequence
 from typing import Any
@@ -51,6 +54,11 @@ from transformers.utils import cached_file
 from grepq_jax import errors
 
 # OpenAI's normalisation, used when a checkpoint ships no preprocessor config.
+# transformers 4.57 is pinned knowingly, as the last line with Flax CLIP; its
+# notice that the Flax classes go in v5 is for us, not for a user's log.
+logging.getLogger("transformers.modeling_flax_utils").addFilter(
+    lambda record: "TensorFlow and JAX classes are deprecated" not in record.getMessage())
+
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
 
@@ -419,6 +427,14 @@ def _write_bpe(directory: pathlib.Path) -> tuple[pathlib.Path, pathlib.Path, int
     vocab_file.write_text(json.dumps(vocab_ids))
     merges_file.write_text("#version: 0.2\n" + "\n".join(dict.fromkeys(merges)) + "\n")
     return vocab_file, merges_file, len(vocab_ids), vocab_ids["<|endoftext|>"]
+
+
+def tiny_tokenizer() -> CLIPTokenizerFast:
+    """The tiny CLIP's tokenizer (TINY_WORDS as single tokens, the specials
+    last), built in memory: for tiny text towers of other shapes too."""
+    with tempfile.TemporaryDirectory() as directory:
+        vocab_file, merges_file, _, _ = _write_bpe(pathlib.Path(directory))
+        return CLIPTokenizerFast(str(vocab_file), str(merges_file))
 
 
 def _tiny_clip_config(vocab_size: int, eos_id: int) -> CLIPConfig:

@@ -31,7 +31,7 @@ import jax
 import jax.numpy as jnp
 
 from grepq_jax.models.clip import resize_position_embedding
-from grepq_jax.models.resnet import _batch_norm, _conv
+from grepq_jax.models import resnet
 
 # "resize": add the positional embedding, resized bicubically to the feature
 # grid (the identity at the native size); "none": leave it out, as GRepQ's
@@ -109,8 +109,8 @@ class Bottleneck(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-        conv = partial(_conv, dtype=self.dtype)
-        norm = partial(_batch_norm, train, self.dtype)
+        conv = partial(resnet.conv, dtype=self.dtype)
+        norm = partial(resnet.batch_norm, train, self.dtype)
         out_features = self.features * self.expansion
         y = nn.relu(norm(name="bn1")(conv(self.features, 1, 1, name="conv1")(x)))
         y = nn.relu(norm(name="bn2")(conv(self.features, 3, 1, name="conv2")(y)))
@@ -175,8 +175,8 @@ class ModifiedResNet(nn.Module):
         if min(images.shape[1:3]) < MIN_SIDE:
             raise ValueError(f"images of {images.shape[1]}x{images.shape[2]} pixels are below "
                              f"the {MIN_SIDE}x{MIN_SIDE} that CLIP's ResNet needs")
-        conv = partial(_conv, dtype=self.dtype)
-        norm = partial(_batch_norm, train, self.dtype)
+        conv = partial(resnet.conv, dtype=self.dtype)
+        norm = partial(resnet.batch_norm, train, self.dtype)
         width = self.arch.width
         x = images.astype(self.dtype)
         for index, (features, strides) in enumerate([(width // 2, 2), (width // 2, 1), (width, 1)]):

@@ -36,13 +36,11 @@ import re
 from collections.abc import Mapping
 from typing import NamedTuple
 
-import jax
-import jax.numpy as jnp
 import numpy as np
-from flax.traverse_util import flatten_dict, unflatten_dict
+from flax.traverse_util import unflatten_dict
 
 from grepq_jax.models import clip_rn50, clip_rn50_text
-from grepq_jax.models.torch_convert import _convert, _torchvision_key, _variable_shapes
+from grepq_jax.models.torch_convert import convert_state_dict, torchvision_key, variable_shapes
 
 _CLIP_EXTRAS = ("logit_scale", "input_resolution", "context_length", "vocab_size")
 
@@ -111,7 +109,7 @@ def _image_key(path: tuple) -> str:
     """("params", "layer2_0", "downsample_bn", "scale") -> "layer2.0.downsample.1.weight"."""
     if path[-1] == "positional_embedding":
         return "attnpool.positional_embedding"
-    return _torchvision_key(path)
+    return torchvision_key(path)
 
 
 def convert_modified_resnet(state: Mapping[str, np.ndarray], *, source: str,
@@ -122,10 +120,10 @@ def convert_modified_resnet(state: Mapping[str, np.ndarray], *, source: str,
     """
     arch = image_arch_from_state_dict(state, source=source, heads=heads,
                                       position_embedding=position_embedding)
-    template = _variable_shapes(clip_rn50.ModifiedResNet(arch))
+    template = variable_shapes(clip_rn50.ModifiedResNet(arch))
     try:
-        variables = _convert(state, template, _image_key,
-                             lambda k: k.endswith(".num_batches_tracked"))
+        variables = convert_state_dict(state, template, _image_key,
+                                       lambda k: k.endswith(".num_batches_tracked"))
     except (KeyError, ValueError) as err:
         raise WeightsError(f"{source}: {err.args[0]}") from None
     return arch, variables
@@ -178,13 +176,6 @@ def _text_source(path: tuple) -> tuple[str, int | None]:
     return f"{block}.{group}{_TEXT_MODULES[module]}.{_TEXT_LEAVES[leaf]}", None
 
 
-def _text_template(arch: clip_rn50_text.TextArch) -> dict:
-    ids = jax.ShapeDtypeStruct((1, arch.context_length), jnp.int32)
-    shapes = jax.eval_shape(
-        lambda i: clip_rn50_text.text_module(arch).init(jax.random.key(0), i, i, i), ids)
-    return flatten_dict(shapes["params"])
-
-
 def _text_value(state, path, spec, source) -> tuple[str, np.ndarray]:
     key, third = _text_source(path)
     value = _required(state, key, source)
@@ -205,7 +196,7 @@ def convert_openai_text(state: Mapping[str, np.ndarray], *, source: str, heads: 
     """OpenAI CLIP text keys (no `visual.*`) -> (arch, params of text_module(arch))."""
     arch = text_arch_from_state_dict(state, source=source, heads=heads, hidden_act=hidden_act)
     params, used = {}, set()
-    for path, spec in _text_template(arch).items():
+    for path, spec in clip_rn50_text.param_shapes(arch).items():
         key, params[path] = _text_value(state, path, spec, source)
         used.add(key)
     unexpected = sorted(set(state) - used)

@@ -25,6 +25,7 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from flax.traverse_util import flatten_dict
 from transformers import CLIPTextConfig, CLIPTokenizerFast
 from transformers.models.clip.modeling_flax_clip import FlaxCLIPTextModelWithProjectionModule
 from transformers.models.clip.tokenization_clip import bytes_to_unicode
@@ -79,6 +80,13 @@ class TextTower:
 def text_module(arch: TextArch) -> nn.Module:
     """HF's Flax text model + projection for `arch` (params from convert_openai_text)."""
     return FlaxCLIPTextModelWithProjectionModule(arch.hf_config())
+
+
+def param_shapes(arch: TextArch) -> dict:
+    """{param path tuple: ShapeDtypeStruct} of text_module(arch), computed abstractly."""
+    ids = jax.ShapeDtypeStruct((1, arch.context_length), jnp.int32)
+    shapes = jax.eval_shape(lambda i: text_module(arch).init(jax.random.key(0), i, i, i), ids)
+    return flatten_dict(shapes["params"])
 
 
 def text_tower(arch: TextArch, params: dict, tokenizer) -> TextTower:

@@ -16,7 +16,7 @@ import jax.numpy as jnp
 conv_kernel_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
 
 
-def _conv(features: int, kernel_size: int, strides: int, dtype: Any, name: str) -> nn.Conv:
+def conv(features: int, kernel_size: int, strides: int, dtype: Any, name: str) -> nn.Conv:
     # Explicit torch padding: "SAME" would pad (0, 1), not (1, 1), at stride 2.
     pad = kernel_size // 2
     return nn.Conv(
@@ -25,7 +25,7 @@ def _conv(features: int, kernel_size: int, strides: int, dtype: Any, name: str) 
         kernel_init=conv_kernel_init, dtype=dtype, name=name)
 
 
-def _batch_norm(train: bool, dtype: Any, name: str) -> nn.BatchNorm:
+def batch_norm(train: bool, dtype: Any, name: str) -> nn.BatchNorm:
     # torch's momentum 0.1 is Flax's 0.9. The two-pass variance matches torch's
     # numerics; the default E[x^2] - E[x]^2 loses digits. Unlike torch, the running
     # variance is updated with the biased batch variance (a factor (n-1)/n).
@@ -51,11 +51,11 @@ class BasicBlock(nn.Module):
 
     @nn.compact
     def __call__(self, x, train: bool):
-        conv = partial(_conv, dtype=self.dtype)
-        norm = partial(_batch_norm, train, self.dtype)
-        y = nn.relu(norm(name="bn1")(conv(self.features, 3, self.strides, name="conv1")(x)))
-        y = norm(name="bn2")(conv(self.features, 3, 1, name="conv2")(y))
-        return nn.relu(y + _shortcut(x, self.features, self.strides, conv, norm))
+        make_conv = partial(conv, dtype=self.dtype)
+        norm = partial(batch_norm, train, self.dtype)
+        y = nn.relu(norm(name="bn1")(make_conv(self.features, 3, self.strides, name="conv1")(x)))
+        y = norm(name="bn2")(make_conv(self.features, 3, 1, name="conv2")(y))
+        return nn.relu(y + _shortcut(x, self.features, self.strides, make_conv, norm))
 
 
 class Bottleneck(nn.Module):
@@ -68,13 +68,13 @@ class Bottleneck(nn.Module):
 
     @nn.compact
     def __call__(self, x, train: bool):
-        conv = partial(_conv, dtype=self.dtype)
-        norm = partial(_batch_norm, train, self.dtype)
+        make_conv = partial(conv, dtype=self.dtype)
+        norm = partial(batch_norm, train, self.dtype)
         out_features = self.features * self.expansion
-        y = nn.relu(norm(name="bn1")(conv(self.features, 1, 1, name="conv1")(x)))
-        y = nn.relu(norm(name="bn2")(conv(self.features, 3, self.strides, name="conv2")(y)))
-        y = norm(name="bn3")(conv(out_features, 1, 1, name="conv3")(y))
-        return nn.relu(y + _shortcut(x, out_features, self.strides, conv, norm))
+        y = nn.relu(norm(name="bn1")(make_conv(self.features, 1, 1, name="conv1")(x)))
+        y = nn.relu(norm(name="bn2")(make_conv(self.features, 3, self.strides, name="conv2")(y)))
+        y = norm(name="bn3")(make_conv(out_features, 1, 1, name="conv3")(y))
+        return nn.relu(y + _shortcut(x, out_features, self.strides, make_conv, norm))
 
 
 class ResNet(nn.Module):
@@ -91,8 +91,8 @@ class ResNet(nn.Module):
 
     @nn.compact
     def __call__(self, images, train: bool):
-        x = _conv(self.width, 7, 2, self.dtype, name="conv1")(images)
-        x = nn.relu(_batch_norm(train, self.dtype, name="bn1")(x))
+        x = conv(self.width, 7, 2, self.dtype, name="conv1")(images)
+        x = nn.relu(batch_norm(train, self.dtype, name="bn1")(x))
         x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
         for stage, num_blocks in enumerate(self.stage_sizes):
             for index in range(num_blocks):

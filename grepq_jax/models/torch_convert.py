@@ -50,7 +50,7 @@ def _torchvision_module(name: str) -> str:
     return re.sub(r"^(layer\d)_(\d+)$", r"\1.\2", name)
 
 
-def _torchvision_key(path: tuple) -> str:
+def torchvision_key(path: tuple) -> str:
     """("batch_stats", "layer2_0", "downsample_bn", "var") -> "layer2.0.downsample.1.running_var"."""
     collection, *modules, leaf = path
     return ".".join([_torchvision_module(m) for m in modules] + [_LEAF_NAMES[collection, leaf]])
@@ -63,11 +63,11 @@ def _grepq_key(path: tuple) -> str:
     if top == "head":
         dense, leaf = rest
         return f"head.{dense.removeprefix('dense_')}.{_LEAF_NAMES[collection, leaf]}"
-    first, dot, tail = _torchvision_key((collection, *rest)).partition(".")
+    first, dot, tail = torchvision_key((collection, *rest)).partition(".")
     return f"encoder.resnet18.{_SEQUENTIAL_INDEX[first]}{dot}{tail}"
 
 
-def _variable_shapes(module: nn.Module) -> dict:
+def variable_shapes(module: nn.Module) -> dict:
     """{(collection, *names): ShapeDtypeStruct} of module's variables, without computing them."""
     images = jax.ShapeDtypeStruct((1, 64, 64, 3), jnp.float32)
     shapes = jax.eval_shape(lambda x: module.init(jax.random.key(0), x, train=False), images)
@@ -80,8 +80,8 @@ def _required(state_dict: Mapping[str, np.ndarray], key: str) -> np.ndarray:
     return np.asarray(state_dict[key])
 
 
-def _convert(state_dict: Mapping[str, np.ndarray], template: dict,
-             torch_key: Callable[[tuple], str], ignored: Callable[[str], bool]) -> dict:
+def convert_state_dict(state_dict: Mapping[str, np.ndarray], template: dict,
+                       torch_key: Callable[[tuple], str], ignored: Callable[[str], bool]) -> dict:
     """Fills every variable of `template` from `state_dict`, checking keys and shapes."""
     converted, used = {}, set()
     for path, spec in template.items():
@@ -111,9 +111,9 @@ def convert_torchvision_resnet(state_dict: Mapping[str, np.ndarray],
     unexpected key, ValueError naming a key whose shape does not fit.
     """
     width = _required(state_dict, "conv1.weight").shape[0]
-    template = _variable_shapes(resnet(architecture, width=width))
-    return _convert(state_dict, template, _torchvision_key,
-                    lambda k: k.endswith(".num_batches_tracked") or k.startswith("fc."))
+    template = variable_shapes(resnet(architecture, width=width))
+    return convert_state_dict(state_dict, template, torchvision_key,
+                              lambda k: k.endswith(".num_batches_tracked") or k.startswith("fc."))
 
 
 def convert_grepq_low_level(state_dict: Mapping[str, np.ndarray]) -> dict:
@@ -124,6 +124,6 @@ def convert_grepq_low_level(state_dict: Mapping[str, np.ndarray]) -> dict:
     """
     width = _required(state_dict, "encoder.resnet18.0.weight").shape[0]
     head_dim = _required(state_dict, "head.2.weight").shape[0]
-    template = _variable_shapes(LowLevelModel("resnet18", width=width, head_dim=head_dim))
-    return _convert(state_dict, template, _grepq_key,
-                    lambda k: k.endswith(".num_batches_tracked") or k.startswith("encoder.base_model."))
+    template = variable_shapes(LowLevelModel("resnet18", width=width, head_dim=head_dim))
+    return convert_state_dict(state_dict, template, _grepq_key,
+                              lambda k: k.endswith(".num_batches_tracked") or k.startswith("encoder.base_model."))
