@@ -8,8 +8,9 @@ the bucket). What the runs leave in the bucket is read back through the
 emulator's own JSON API, not through the clients under test.
 
 The training run is the one of test_faults.py (12 steps, a checkpoint each
-step, 3 kept), killed after its third save and run again: it must end with
-the parameters of an uninterrupted local run, bit for bit.
+step, 3 kept), killed after its third save (held before step 5 by
+tests/gated_main.py) and run again: it must end with the parameters of an
+uninterrupted local run, bit for bit.
 """
 
 import time
@@ -63,7 +64,7 @@ def killed_and_resumed(gcs, photo_folder, tmp_path_factory):
     Returns (last committed step before the restart, the restart's log)."""
     logs = tmp_path_factory.mktemp("gs_run_logs")
     env = dict(child_env(devices=8), **gcs.env)
-    command = run_command(photo_folder, WORKDIR)
+    gates = logs / "gates"  # tests/gated_main.py: a run cannot pass step 4
 
     def saved(step):
         time.sleep(0.2)  # the emulator serves one request at a time
@@ -71,13 +72,15 @@ def killed_and_resumed(gcs, photo_folder, tmp_path_factory):
             f"run/checkpoints/{step}/"
         )
 
-    first = Child(command, env, logs / "first.log")
+    first = Child(run_command(photo_folder, WORKDIR, gates, held=[4]), env,
+                  logs / "first.log")
     first.wait_for(lambda: saved(3))
-    first.kill()
+    first.kill()  # lands in step 4, its save, or at the gate before step 5
     kept = committed_steps(gcs)[-1]
-    assert 3 <= kept < TOTAL_STEPS
+    assert kept in (3, 4)
 
-    second = Child(command, env, logs / "second.log")
+    second = Child(run_command(photo_folder, WORKDIR, gates), env,
+                   logs / "second.log")
     assert second.wait() == 0, second.text()[-3000:]
     return kept, second.text()
 
