@@ -14,8 +14,9 @@ if [[ -z "$python312" ]]; then
   exit 1
 fi
 venv="${TMPDIR:-/tmp}/grepq_jax_py312"
-python="$(UV_PYTHON_DOWNLOADS=never bash launch/provision.sh --venv "$venv" \
-  --python "$python312" --jax cpu --extra test)"
+export UV_PYTHON_DOWNLOADS=never UV_SYSTEM_CERTS=true
+python="$(bash launch/provision.sh --venv "$venv" --python "$python312" \
+  --jax cpu --extra test)"
 "$python" --version
 "$python" -m pytest -q -p no:cacheprovider tests/test_train.py \
   tests/test_export_score.py tests/test_faults.py tests/test_gcs_emulator.py

@@ -70,10 +70,10 @@ def launcher_env(gcs, image_bin) -> dict[str, str]:
         "UV_CACHE_DIR", str(Path.home() / ".cache" / "uv")
     )
     env["UV_PYTHON_DOWNLOADS"] = "never"
+    env["UV_SYSTEM_CERTS"] = "true"  # the machine's authorities, as pip's
     env["JAX_PLATFORMS"] = "cpu"
-    # SSL_CERT_FILE: this machine's authorities, for uv's downloads.
-    passed = [*gcs.env, "UV_CACHE_DIR", "UV_PYTHON_DOWNLOADS", "JAX_PLATFORMS",
-              "SSL_CERT_FILE"]
+    passed = [*gcs.env, "UV_CACHE_DIR", "UV_PYTHON_DOWNLOADS",
+              "UV_SYSTEM_CERTS", "SSL_CERT_FILE", "JAX_PLATFORMS"]
     env["GREPQ_REHEARSAL_ENV"] = ",".join(passed)
     return env
 
