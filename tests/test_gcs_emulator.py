@@ -64,7 +64,7 @@ def killed_and_resumed(gcs, photo_folder, tmp_path_factory):
     Returns (last committed step before the restart, the restart's log)."""
     logs = tmp_path_factory.mktemp("gs_run_logs")
     env = dict(child_env(devices=8), **gcs.env)
-    gates = logs / "gates"  # tests/gated_main.py: a run cannot pass step 4
+    gates = logs / "gates"  # tests/gated_main.py holds the first run there
 
     def saved(step):
         time.sleep(0.2)  # the emulator serves one request at a time

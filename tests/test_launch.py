@@ -225,3 +225,15 @@ def test_slurm_makes_a_relative_workdir_absolute(tmp_path):
     )
     assert result.returncode == 0, result.stderr
     assert f"--workdir={tmp_path}/runs/low" in result.stdout
+
+
+def test_the_rehearsal_gcloud_refuses_what_it_does_not_rehearse(tmp_path):
+    gcloud = str(REPO / "launch" / "rehearsal" / "gcloud")
+    env = {"PATH": "/usr/bin:/bin", "GREPQ_REHEARSAL_HOME": str(tmp_path)}
+    other = subprocess.run([gcloud, "compute", "instances", "list"], env=env,
+                           capture_output=True, text=True, timeout=30)
+    assert other.returncode == 2 and "not rehearsed" in other.stderr
+    rsync = subprocess.run(
+        [gcloud, "storage", "rsync", "--recursive", "gs://b/d", "here"],
+        env=env, capture_output=True, text=True, timeout=30)
+    assert rsync.returncode == 1 and "STORAGE_EMULATOR_HOST" in rsync.stderr
