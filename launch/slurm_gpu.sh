@@ -2,11 +2,15 @@
 # Trains a config on several GPU nodes under SLURM: writes an sbatch script
 # and submits it.
 #
+#   launch/provision.sh --venv ~/venvs/grepq --python 3.11 --jax cuda13
 #   launch/slurm_gpu.sh --nodes 4 --gpus-per-node 8 --partition gpu \
-#       --setup 'source ~/venvs/grepq/bin/activate' \
-#       configs/high_level.py:paper /shared/runs/high_level \
+#       --venv ~/venvs/grepq configs/high_level.py:paper \
+#       /shared/runs/high_level \
 #       -- --config.model.clip=/shared/models/clip-vit-base-patch32
 #
+# The first line, run once on a login node (the nodes must share its home
+# folder), makes the environment: CPython 3.11 through uv, whatever the
+# cluster's python3 is, with this checkout and jax[cuda13] at the pin.
 # srun starts one process per GPU; JAX reads the job's layout from SLURM's
 # variables (jax.distributed.initialize's own detection), gives process i the
 # GPU numbered SLURM_LOCALID, and joins them into one job. The workdir must
@@ -30,7 +34,10 @@ Options:
   --partition P        SLURM partition
   --account A          SLURM account
   --job-name NAME      (default grepq)
-  --setup COMMAND      run before training, e.g. to activate an environment
+  --venv DIR           the environment launch/provision.sh made: training
+                       runs with DIR/bin/python (default: python on PATH
+                       after --setup)
+  --setup COMMAND      run before training, e.g. `module load cuda`
   --script PATH        where to write the sbatch script
                        (default slurm-NAME.sbatch in the current folder)
   --dry-run            print the script and the sbatch command, submit nothing
@@ -38,7 +45,7 @@ EOF
 }
 
 nodes=2 gpus=8 cpus=8 time_limit="24:00:00" partition="" account=""
-job_name="grepq" setup="" script="" dry_run=0
+job_name="grepq" setup="" script="" dry_run=0 venv=""
 positional=() main_flags=()
 while (($#)); do
   case "$1" in
@@ -50,6 +57,7 @@ while (($#)); do
     --account) account="${2:?}"; shift 2 ;;
     --job-name) job_name="${2:?}"; shift 2 ;;
     --setup) setup="${2:?}"; shift 2 ;;
+    --venv) venv="${2:?}"; shift 2 ;;
     --script) script="${2:?}"; shift 2 ;;
     --dry-run) dry_run=1; shift ;;
     -h|--help) usage; exit 0 ;;
@@ -67,6 +75,11 @@ script="${script:-slurm-$job_name.sbatch}"
 # The job runs from the checkout: a relative local workdir means this folder.
 [[ "$workdir" == *://* || "$workdir" == /* ]] || workdir="$PWD/$workdir"
 repo="$(cd "$(dirname "$0")/.." && pwd)"
+python=python
+if [[ -n "$venv" ]]; then
+  python="$(cd "$venv" 2>/dev/null && pwd)/bin/python" ||
+    die "--venv $venv: no such folder (make it with launch/provision.sh)"
+fi
 
 sbatch_script() {
   cat <<EOF
@@ -89,7 +102,7 @@ EOF
   [[ -n "$setup" ]] && echo "$setup"
   # One process per GPU, each seeing every GPU of its node: JAX picks one by
   # SLURM_LOCALID.
-  quoted srun --kill-on-bad-exit=1 python -m grepq_jax.main \
+  quoted srun --kill-on-bad-exit=1 "$python" -m grepq_jax.main \
     --config="$config" --workdir="$workdir" "${main_flags[@]}"
 }
 

@@ -67,23 +67,54 @@ def test_tpu_vm_creates_ships_and_trains_on_every_worker():
     assert "grepq-pod:grepq_jax.tar.gz" in scp
     for step in (scp, install, copy_data, train):
         assert "--worker=all" in step and "--zone=us-central2-b" in step
-    assert "jax[tpu]==0.10.2" in remote_command(install)
+    # The workers' Python is provisioned, not the image's python3.
+    provision = remote_command(install)
+    provision = provision[provision.index("bash") :]
+    assert provision == [
+        "bash",
+        "~/grepq_jax/launch/provision.sh",
+        "--venv",
+        "~/grepq_venv",
+        "--python",
+        "3.11",
+        "--jax",
+        "tpu",
+    ]
     assert remote_command(copy_data)[-2:] == [
         "gs://bucket/livefb",
-        "/tmp/grepq_data",
+        "~/grepq_data",
     ]
     remote = remote_command(train)
-    main = remote[remote.index("python3") :]
+    main = remote[remote.index("~/grepq_venv/bin/python") :]
     assert main == [
-        "python3",
+        "~/grepq_venv/bin/python",
         "-m",
         "grepq_jax.main",
         "--config=configs/low_level.py:paper",
         "--workdir=gs://bucket/runs/low",
-        "--config.data.path=/tmp/grepq_data",
+        "--config.data.path=$HOME/grepq_data",  # the worker's shell expands
         "--config.batch_size=64",
         "--config.seed=3 ",  # quoting survives both shells
     ]
+    assert "python3" not in " ".join(remote_command(train))
+
+
+def test_tpu_vm_python_option_reaches_the_provisioning():
+    result = dry_run(
+        "tpu_vm.sh", "--skip-create", "--name", "n", "--zone", "z",
+        "--python", "3.12", "configs/low_level.py", "gs://b/w",
+    )
+    assert result.returncode == 0, result.stderr
+    _, _, install, _ = commands(result.stdout)
+    provision = remote_command(install)
+    assert provision[provision.index("--python") + 1] == "3.12"
+
+
+def test_provision_usage_errors_exit_2():
+    script = str(REPO / "launch" / "provision.sh")
+    result = subprocess.run(["bash", script, "--jax", "rocm"],
+                            capture_output=True, text=True, timeout=30)
+    assert result.returncode == 2 and "--jax must be" in result.stderr
 
 
 def test_tpu_vm_wants_a_cloud_storage_workdir():
@@ -164,6 +195,20 @@ def test_slurm_writes_one_process_per_gpu_and_submits(tmp_path):
     assert not script.exists()  # a dry run writes nothing
 
 
+def test_slurm_trains_with_the_provisioned_environment(tmp_path):
+    (tmp_path / "venv" / "bin").mkdir(parents=True)
+    result = dry_run("slurm_gpu.sh", "--venv", str(tmp_path / "venv"),
+                     "configs/low_level.py", "/shared/runs/low")
+    assert result.returncode == 0, result.stderr
+    (srun,) = [shlex.split(line) for line in result.stdout.splitlines()
+               if line.startswith("srun")]
+    assert srun[2:5] == [str(tmp_path / "venv" / "bin" / "python"), "-m",
+                         "grepq_jax.main"]
+    missing = dry_run("slurm_gpu.sh", "--venv", str(tmp_path / "none"),
+                      "configs/low_level.py", "/shared/runs/low")
+    assert missing.returncode == 2 and "launch/provision.sh" in missing.stderr
+
+
 def test_slurm_makes_a_relative_workdir_absolute(tmp_path):
     result = subprocess.run(
         [
@@ -180,3 +225,15 @@ def test_slurm_makes_a_relative_workdir_absolute(tmp_path):
     )
     assert result.returncode == 0, result.stderr
     assert f"--workdir={tmp_path}/runs/low" in result.stdout
+
+
+def test_the_rehearsal_gcloud_refuses_what_it_does_not_rehearse(tmp_path):
+    gcloud = str(REPO / "launch" / "rehearsal" / "gcloud")
+    env = {"PATH": "/usr/bin:/bin", "GREPQ_REHEARSAL_HOME": str(tmp_path)}
+    other = subprocess.run([gcloud, "compute", "instances", "list"], env=env,
+                           capture_output=True, text=True, timeout=30)
+    assert other.returncode == 2 and "not rehearsed" in other.stderr
+    rsync = subprocess.run(
+        [gcloud, "storage", "rsync", "--recursive", "gs://b/d", "here"],
+        env=env, capture_output=True, text=True, timeout=30)
+    assert rsync.returncode == 1 and "STORAGE_EMULATOR_HOST" in rsync.stderr
