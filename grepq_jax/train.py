@@ -311,7 +311,9 @@ def what_next(config: ml_collections.ConfigDict, workdir, total_steps: int) -> s
     """The closing message: where everything is and the commands that use it."""
     export_dir = workdir / "export"
     flag = "--low_level" if config.pathway == "low_level" else "--high_level"
-    model_dir = workdir / "model"
+    # Model folders are local for now (export and score read them with
+    # pathlib); a run on Cloud Storage is packaged into the current folder.
+    model_dir = f"models/{workdir.name}" if "://" in str(workdir) else workdir / "model"
     return (
         f"Done: {total_steps} steps. Checkpoints: {workdir / 'checkpoints'}; "
         f"TensorBoard: tensorboard --logdir {workdir / 'tensorboard'}\n"
