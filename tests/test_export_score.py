@@ -197,7 +197,10 @@ def test_a_very_large_image_goes_through_in_bounded_chunks(model_folder, monkeyp
     tracemalloc.stop()
     assert sum(seen) == 30 * 30 and max(seen) <= 64  # (1500 - 96) // 48 + 1 = 30
     all_patches = 900 * 96 * 96 * 3 * 4  # bytes, float32
-    assert peak < all_patches / 4, (peak, all_patches)
+    # tracemalloc counts every thread's allocations, and in the whole suite
+    # threads left by earlier tests add a few MB (29 MB seen in CI, 2-core
+    # machine): half of all patches still fails if they are ever held at once.
+    assert peak < all_patches / 2, (peak, all_patches)
     assert 0 < value <= 0.5
 
 
