@@ -19,6 +19,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from grepq_jax import cli
 from grepq_jax import errors
 
 _EXPORT_TREE = "params"
@@ -69,7 +70,7 @@ class TrainCheckpoints:
         )
         try:
             self._manager = ocp.CheckpointManager(
-                epath.Path(_absolute(directory)), options=options
+                epath.Path(cli.absolute(directory)), options=options
             )
         except Exception as error:  # Orbax and tensorstore raise many kinds.
             raise CheckpointError(
@@ -156,7 +157,7 @@ class TrainCheckpoints:
 
 def write_export(directory: str, tree: Any, metadata: dict[str, Any]) -> None:
     """Writes `tree` (arrays) and `metadata` (JSON-able) as one folder."""
-    directory = epath.Path(_absolute(directory))
+    directory = epath.Path(cli.absolute(directory))
     directory.mkdir(parents=True, exist_ok=True)
     if jax.process_count() > 1:
         # Orbax refuses arrays that live on one process's devices (constants
@@ -184,7 +185,7 @@ def read_export(directory: str) -> tuple[Any, dict[str, Any]]:
     devices and processes that trained and saved them (a pod slice's export
     is read on a laptop).
     """
-    directory = epath.Path(_absolute(directory))
+    directory = epath.Path(cli.absolute(directory))
     meta_path = directory / _EXPORT_META
     if not meta_path.exists():
         raise FileNotFoundError(
@@ -205,8 +206,3 @@ def read_export(directory: str) -> tuple[Any, dict[str, Any]]:
     tree = checkpointer.restore(directory / _EXPORT_TREE, target)
     return tree, json.loads(meta_path.read_text())
 
-
-def _absolute(path: str) -> str:
-    """Orbax refuses relative paths; callers should make them absolute where
-    they enter (cli.absolute), this is the last line of defence."""
-    return path if "://" in path else os.path.abspath(path)
