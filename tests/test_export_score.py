@@ -196,11 +196,13 @@ def test_a_very_large_image_goes_through_in_bounded_chunks(model_folder, monkeyp
     _, peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
     assert sum(seen) == 30 * 30 and max(seen) <= 64  # (1500 - 96) // 48 + 1 = 30
-    all_patches = 900 * 96 * 96 * 3 * 4  # bytes, float32
-    # tracemalloc counts every thread's allocations, and in the whole suite
-    # threads left by earlier tests add a few MB (29 MB seen in CI, 2-core
-    # machine): half of all patches still fails if they are ever held at once.
-    assert peak < all_patches / 2, (peak, all_patches)
+    chunk_bytes = 64 * 96 * 96 * 3 * 4  # one chunk of float32 patches, 7.1 MB
+    # A few chunks live at once: the one being encoded, the next being cut
+    # and made float, and (once the program is compiled, so dispatch is
+    # asynchronous) the previous input until the device lets it go. Measured:
+    # 22.2 MB alone, 29.3 MB after the module's other tests (one chunk more).
+    # All 900 patches at once would be 14 chunks.
+    assert peak < 6 * chunk_bytes, (peak, chunk_bytes)
     assert 0 < value <= 0.5
 
 
