@@ -28,7 +28,7 @@ from collections.abc import Callable, Sequence
 from absl import app
 from absl import flags
 
-_HELP = ("-h", "--help", "-help", "--helpfull")
+HELP_FLAGS = ("-h", "--help", "-help", "--helpshort", "--helpfull")
 
 # `grepq NAME` runs the module's `run_command()`.
 COMMANDS = {
@@ -49,7 +49,7 @@ def parse(flag_values: flags.FlagValues, argv: Sequence[str],
     the message.
     """
     argv = list(argv)
-    if any(arg in _HELP for arg in argv[1:]):
+    if any(arg in HELP_FLAGS for arg in argv[1:]):
         print(f"{usage or f'usage: {argv[0]} [flags]'}\n\n{flag_values.get_help()}")
         sys.exit(0)
     flag_values.unparse_flags()
@@ -101,7 +101,7 @@ def absolute(path: str) -> str:
 def main() -> None:
     """`grepq COMMAND [flags] [args]`: the console script."""
     argv = sys.argv
-    if len(argv) < 2 or argv[1] in _HELP:
+    if len(argv) < 2 or argv[1] in HELP_FLAGS:
         print("usage: grepq {%s} [flags] [args]\n\n"
               "  train     train an encoder (python -m grepq_jax.main)\n"
               "  export    write a scoring model folder from training exports\n"

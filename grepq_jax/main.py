@@ -132,7 +132,7 @@ def parse_flags(argv: list[str]) -> list[str]:
     """absl's parsing, with one-line messages (exit 2) for a user's mistakes:
     an unknown flag or config field, a config file that cannot be loaded, a
     missing --config or --workdir, a workdir that is a file."""
-    if any(arg in ("-h", "--help", "-help", "--helpshort") for arg in argv[1:]):
+    if any(arg in cli.HELP_FLAGS for arg in argv[1:]):
         print(f"{USAGE}\n\nflags:\n{flags.FLAGS.module_help(sys.modules[__name__])}")
         sys.exit(0)
     try:
