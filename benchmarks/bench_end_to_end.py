@@ -51,6 +51,7 @@ import torch  # noqa: E402
 
 from benchmarks import torch_peer  # noqa: E402
 from configs import low_level as low_level_config  # noqa: E402
+from grepq_jax import sharding  # noqa: E402
 from grepq_jax import train  # noqa: E402
 from grepq_jax.data import corpus  # noqa: E402
 from grepq_jax.data import images  # noqa: E402
@@ -257,7 +258,7 @@ def run_ours(args, workdir, path):
     start = time.perf_counter()
     pathway = low_level.build(config, workdir)  # scans and computes FSIM once
     setup_seconds = time.perf_counter() - start
-    mesh = train.make_mesh(1)
+    mesh = sharding.make_mesh(1)
     replicated = NamedSharding(mesh, P())
     batch_sharding = NamedSharding(mesh, P("data"))
     steps_per_epoch = -(-pathway.num_examples // args.groups)
@@ -280,7 +281,7 @@ def run_ours(args, workdir, path):
         for _ in range(steps_per_epoch):
             _, batch = next(batches)
             state, metrics = step_fn(
-                state, train.global_batch(batch, batch_sharding)
+                state, sharding.global_batch(batch, batch_sharding)
             )
             float(metrics["loss"])  # as the original's loss.item()
         elapsed = time.perf_counter() - start

@@ -30,6 +30,7 @@ import numpy as np  # noqa: E402
 
 from benchmarks.bench_scoring import B32_CLIP, SMALL_CLIP  # noqa: E402
 from configs import high_level as high_level_config  # noqa: E402
+from grepq_jax import sharding  # noqa: E402
 from grepq_jax import train  # noqa: E402
 from grepq_jax.models import clip  # noqa: E402
 from grepq_jax.pathways import high_level  # noqa: E402
@@ -68,14 +69,14 @@ def main():
         temperature=config.loss.temperature,
         train_head=config.model.train_head,
     )
-    mesh = train.make_mesh(1)
+    mesh = sharding.make_mesh(1)
     replicated, sharded = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
     optimizer, _ = train.make_optimizer(config.optim, 100, 1000)
     state = train.create_train_state({"params": params}, optimizer, replicated)
     step = train.make_step_fn(objective, optimizer, mesh)
     images = np.random.default_rng(0).normal(
         size=(args.batch, size, size, 3)).astype(np.float32)
-    batch = train.global_batch({"image": images}, sharded)
+    batch = sharding.global_batch({"image": images}, sharded)
     start = time.perf_counter()
     compiled = step.lower(state, batch).compile()
     compile_seconds = time.perf_counter() - start

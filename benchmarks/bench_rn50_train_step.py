@@ -47,6 +47,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P  # noqa: E402
 from benchmarks.bench_rn50 import RN50, random_weights, timed_rounds  # noqa: E402
 from benchmarks.torch_peer_high_level import HighLevelPeer  # noqa: E402
 from configs import high_level as high_level_config  # noqa: E402
+from grepq_jax import sharding  # noqa: E402
 from grepq_jax import train  # noqa: E402
 from grepq_jax.models import clip, clip_rn50  # noqa: E402
 from grepq_jax.models.clip_rn50_convert import convert_modified_resnet  # noqa: E402
@@ -93,14 +94,14 @@ def jax_side(state_dict, inputs, group_size):
         head=head, prompt_embeddings=inputs["prompts"][None], group_size=group_size,
         label_temperature=config.loss.label_temperature, temperature=config.loss.temperature,
         train_head=config.model.train_head)
-    mesh = train.make_mesh(1)
+    mesh = sharding.make_mesh(1)
     optimizer, _ = train.make_optimizer(config.optim, STEPS_PER_EPOCH, 100 * STEPS_PER_EPOCH)
     head_params = {"Dense_0": {"kernel": inputs["head_weight"].T, "bias": inputs["head_bias"]}}
     state = train.create_train_state(
         {"params": {"encoder": variables["params"], "head": head_params},
          "batch_stats": {"encoder": variables["batch_stats"]}},
         optimizer, NamedSharding(mesh, P()))
-    batch = train.global_batch({"image": inputs["crops"].transpose(0, 2, 3, 1)},
+    batch = sharding.global_batch({"image": inputs["crops"].transpose(0, 2, 3, 1)},
                                NamedSharding(mesh, P("data")))
     start = time.perf_counter()
     step = train.make_step_fn(objective, optimizer, mesh).lower(state, batch).compile()

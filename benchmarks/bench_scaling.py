@@ -43,6 +43,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P  # noqa: E402
 import numpy as np  # noqa: E402
 
 from configs import low_level as low_level_config  # noqa: E402
+from grepq_jax import sharding  # noqa: E402
 from grepq_jax import train  # noqa: E402
 from grepq_jax.data import low_level as low_level_data  # noqa: E402
 from grepq_jax.pathways import low_level  # noqa: E402
@@ -198,21 +199,21 @@ def fed_seconds_per_step(step_fn, state, dataset, sharding, batch_size, steps):
     """s/step of the step fed by the trainer's prefetching iterator (warm)."""
     batches = dataset.iterate(0, steps + 1, batch_size, prefetch=2)
     _, first = next(batches)
-    state, _ = step_fn(state, train.global_batch(first, sharding))
+    state, _ = step_fn(state, sharding.global_batch(first, sharding))
     jax.block_until_ready(state)
     start = time.perf_counter()
     for _, batch in batches:
-        state, _ = step_fn(state, train.global_batch(batch, sharding))
+        state, _ = step_fn(state, sharding.global_batch(batch, sharding))
     jax.block_until_ready(state)
     return (time.perf_counter() - start) / steps, state
 
 
 def measure_step(config, dataset, rates, args) -> dict:
     """Times the compiled step alone and fed; returns its cost figures."""
-    mesh = train.make_mesh(0)
+    mesh = sharding.make_mesh(0)
     step_fn, state, sharding = make_step(config, mesh)
     groups = config.batch_size
-    batch = train.global_batch(dataset.batch(0, groups), sharding)
+    batch = sharding.global_batch(dataset.batch(0, groups), sharding)
     start = time.perf_counter()
     compiled, step_flops = compile_step(step_fn, state, batch)
     device_flops = step_flops / jax.device_count()

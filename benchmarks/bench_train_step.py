@@ -43,6 +43,7 @@ import torchvision  # noqa: E402
 
 from benchmarks import torch_peer  # noqa: E402
 from configs import low_level as low_level_config  # noqa: E402
+from grepq_jax import sharding  # noqa: E402
 from grepq_jax import train  # noqa: E402
 from grepq_jax.models import torch_convert  # noqa: E402
 from grepq_jax.pathways import low_level  # noqa: E402
@@ -142,14 +143,14 @@ class JaxSide:
         optimizer, _ = train.make_optimizer(
             config.optim, SCHEDULE_STEPS, SCHEDULE_STEPS
         )
-        mesh = train.make_mesh(1)
+        mesh = sharding.make_mesh(1)
         replicated = NamedSharding(mesh, P())
         batch_sharding = NamedSharding(mesh, P("data"))
         weights = torch_convert.convert_grepq_low_level(
             {k: v.numpy() for k, v in torch_state_dict.items()}
         )
         self.state = train.create_train_state(weights, optimizer, replicated)
-        self.batch = train.global_batch(batch, batch_sharding)
+        self.batch = sharding.global_batch(batch, batch_sharding)
         step_fn = train.make_step_fn(
             objective, optimizer, mesh, xla_defaults=True
         )

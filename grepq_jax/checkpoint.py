@@ -126,6 +126,10 @@ class TrainCheckpoints:
                 f"{self.directory}: {_one_line(error)}"
             ) from error
 
+    def should_save(self, step: int) -> bool:
+        """Whether `save(step, ...)` without `force` would save."""
+        return self._manager.should_save(step)
+
     def reached_preemption(self, step: int) -> bool:
         """Whether every process has agreed to stop and save at `step`.
 

@@ -24,34 +24,9 @@ from grepq_jax import checkpoint
 from grepq_jax import distributed
 from grepq_jax import errors
 from grepq_jax import metrics
-from grepq_jax.pathways import Pathway
-from grepq_jax.pathways import low_level
-
-
-def _build_high_level(config: ml_collections.ConfigDict, workdir: str):
-    # Imported on use: transformers adds seconds to every (re)start of a
-    # low-level run, and restarts after preemption should be quick.
-    from grepq_jax.pathways import high_level
-
-    return high_level.build(config, workdir)
-
-
-PATHWAYS = {"low_level": low_level.build, "high_level": _build_high_level}
-
-
-# XLA:CPU (jax 0.10) hands convolutions to YNNPACK, whose filter gradients are
-# 2-3x slower than XLA's own Eigen convolutions (benchmarks/README.md). Keep
-# YNNPACK for dots and reductions only: the same float32 arithmetic.
-_CPU_COMPILER_OPTIONS = {
-    "xla_cpu_experimental_ynn_fusion_type": (
-        "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_REDUCE"
-    )
-}
-
-
-def step_compiler_options() -> dict[str, str] | None:
-    """XLA options for the train step on this backend."""
-    return _CPU_COMPILER_OPTIONS if jax.default_backend() == "cpu" else None
+from grepq_jax import sharding
+from grepq_jax import xla_options
+from grepq_jax.pathways import PATHWAYS, build_pathway  # noqa: F401  (PATHWAYS: tests patch it)
 
 
 class NonFiniteError(errors.RunFailure, FloatingPointError):
@@ -122,32 +97,6 @@ def make_optimizer(
     raise ValueError(f"config.optim.name: unknown optimizer {optim.name!r}")
 
 
-def make_mesh(num_devices: int) -> jax.sharding.Mesh:
-    """A 1-D `data` mesh over the first `num_devices` devices (0: all)."""
-    devices = jax.devices()
-    if num_devices and jax.process_count() > 1 and num_devices != len(devices):
-        # Each process feeds its own devices an equal share of the batch.
-        raise ValueError(
-            f"config.num_devices={num_devices}: with {jax.process_count()} "
-            f"processes every device takes part; use 0 (all {len(devices)})"
-        )
-    if num_devices:
-        if num_devices > len(devices):
-            raise ValueError(
-                f"config.num_devices={num_devices} but only "
-                f"{len(devices)} devices are visible"
-            )
-        devices = devices[:num_devices]
-    # Auto axes: the compiler propagates shardings through the global-view
-    # step (jax 0.10 defaults to Explicit, where a sort over the batch fails).
-    return jax.make_mesh(
-        (len(devices),),
-        ("data",),
-        axis_types=(jax.sharding.AxisType.Auto,),
-        devices=devices,
-    )
-
-
 def create_train_state(
     variables, optimizer, replicated: NamedSharding
 ) -> TrainState:
@@ -157,37 +106,20 @@ def create_train_state(
     init function, so that pretrained weights are placed, not baked into a
     compiled program as constants.
     """
-    params = _replicate(variables["params"], replicated)
+    params = sharding.replicate(variables["params"], replicated)
     return TrainState(
-        step=_replicate(np.zeros((), np.int32), replicated),
+        step=sharding.replicate(np.zeros((), np.int32), replicated),
         params=params,
-        batch_stats=_replicate(variables.get("batch_stats", {}), replicated),
+        batch_stats=sharding.replicate(variables.get("batch_stats", {}), replicated),
         opt_state=jax.jit(optimizer.init, out_shardings=replicated)(params),
     )
-
-
-def _replicate(tree, replicated: NamedSharding):
-    """`tree`, the same in every process, copied to every device of the mesh.
-
-    Each process fills its own devices from a host copy: an array on one
-    device cannot move to another process's, and `jax.device_put` would first
-    compare the values across processes, one all-gather per array.
-    """
-
-    def place(x):
-        host = np.asarray(x)
-        return jax.make_array_from_callback(
-            host.shape, replicated, lambda index: host[index]
-        )
-
-    return jax.tree.map(place, tree)
 
 
 def make_step_fn(objective, optimizer: optax.GradientTransformation,
                  mesh: jax.sharding.Mesh, *, xla_defaults: bool = False):
     """`train_step` compiled for `mesh`: state replicated, batch sharded on
     `data`, the old state donated. The trainer and the benchmarks share it;
-    `xla_defaults` leaves out `step_compiler_options()`, for the benchmarks
+    `xla_defaults` leaves out `xla_options.step_compiler_options()`, for the benchmarks
     that measure XLA's own choices."""
     replicated = NamedSharding(mesh, P())
     return jax.jit(
@@ -196,27 +128,8 @@ def make_step_fn(objective, optimizer: optax.GradientTransformation,
         in_shardings=(replicated, NamedSharding(mesh, P("data"))),
         out_shardings=(replicated, replicated),
         donate_argnums=0,
-        compiler_options=None if xla_defaults else step_compiler_options(),
+        compiler_options=None if xla_defaults else xla_options.step_compiler_options(),
     )
-
-
-def global_batch(
-    local_batch: dict[str, np.ndarray], sharding: NamedSharding
-) -> dict[str, jax.Array]:
-    """Each process's rows, assembled into arrays sharded over the mesh."""
-    return {
-        k: jax.make_array_from_process_local_data(sharding, v)
-        for k, v in local_batch.items()
-    }
-
-
-def build_pathway(config: ml_collections.ConfigDict, workdir: str) -> Pathway:
-    if config.pathway not in PATHWAYS:
-        raise ValueError(
-            f"config.pathway: unknown {config.pathway!r}, "
-            f"expected one of {sorted(PATHWAYS)}"
-        )
-    return PATHWAYS[config.pathway](config, workdir)
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
@@ -230,7 +143,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
     try:
         # The data is read first: a bad folder stops the run before any compile.
         pathway = build_pathway(config, str(workdir))
-        mesh = make_mesh(config.num_devices)
+        mesh = sharding.make_mesh(config.num_devices)
         if config.batch_size % mesh.size:
             raise ValueError(
                 f"config.batch_size={config.batch_size} must be a "
@@ -261,22 +174,38 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
         logging.info(
             "Resuming from step %d of %d.", int(state.step), total_steps
         )
-    batch_sharding = NamedSharding(mesh, P("data"))
     step_fn = make_step_fn(pathway.objective, optimizer, mesh)
+    start = int(state.step)
+    batches = pathway.dataset.iterate(
+        start,
+        total_steps - start,
+        config.batch_size,
+        prefetch=config.data.prefetch,
+        workers=config.data.workers,
+        process_index=jax.process_index(),
+        process_count=jax.process_count(),
+    )
+    reporter = metrics.ProgressReporter(
+        str(workdir / "tensorboard"),
+        total_steps=total_steps,
+        start_step=start,
+        images_per_step=config.batch_size * pathway.images_per_example,
+    )
     stop_signal = distributed.StopSignal()
     try:
-        state, finished = _run_steps(
-            config,
-            workdir,
-            pathway,
-            state,
-            step_fn,
-            batch_sharding,
-            schedule,
-            checkpoints,
-            total_steps,
-            stop_signal,
-        )
+        with contextlib.closing(batches), contextlib.closing(reporter):
+            state, finished = run_steps(
+                state,
+                batches,
+                step_fn=step_fn,
+                batch_sharding=NamedSharding(mesh, P("data")),
+                schedule=schedule,
+                checkpoints=checkpoints,
+                reporter=reporter,
+                stop_signal=stop_signal,
+                total_steps=total_steps,
+                log_every_steps=config.log_every_steps,
+            )
     finally:
         stop_signal.close()
         checkpoints.close()
@@ -323,70 +252,81 @@ def what_next(config: ml_collections.ConfigDict, workdir, total_steps: int) -> s
     )
 
 
-def _run_steps(
-    config,
-    workdir,
-    pathway,
-    state,
+def run_steps(
+    state: TrainState,
+    batches,
+    *,
     step_fn,
-    batch_sharding,
+    batch_sharding: NamedSharding,
     schedule,
-    checkpoints,
-    total_steps,
-    stop_signal,
-):
-    """The loop: steps from the state's own step to the end, saving as due.
+    checkpoints: checkpoint.TrainCheckpoints,
+    reporter: metrics.ProgressReporter,
+    stop_signal: distributed.StopSignal,
+    total_steps: int,
+    log_every_steps: int,
+) -> tuple[TrainState, bool]:
+    """The loop: one step per `(step, local_batch)` of `batches`, logging and
+    saving as due.
+
+    Metrics stay on the device between logs and saves, so the host dispatches
+    the next step while the device runs this one; with them comes a flag, also
+    kept on the device, that every step since the last check was finite. A
+    non-finite step stops the run at the next check, before any save.
 
     Returns the last state and whether it ran to the end (False: it was asked
     to stop, and saved where it stopped).
     """
-    start = int(state.step)
-    reporter = metrics.ProgressReporter(
-        str(workdir / "tensorboard"),
-        total_steps=total_steps,
-        start_step=start,
-        images_per_step=config.batch_size * pathway.images_per_example,
-    )
-    batches = pathway.dataset.iterate(
-        start,
-        total_steps - start,
-        config.batch_size,
-        prefetch=config.data.prefetch,
-        workers=config.data.workers,
-        process_index=jax.process_index(),
-        process_count=jax.process_count(),
-    )
-    with contextlib.closing(batches), contextlib.closing(reporter):
-        for step, local_batch in batches:
-            state, step_metrics = step_fn(
-                state, global_batch(local_batch, batch_sharding)
-            )
-            done = step + 1
-            scalars = _finite_scalars(step_metrics, done, checkpoints)
-            if done % config.log_every_steps == 0 or done == total_steps:
-                scalars["learning_rate"] = float(schedule(step))
-                reporter.step_done(done, scalars)
-            # Called at every step on every process: that is how processes
-            # agree on the step at which all of them stop.
-            stop = checkpoints.reached_preemption(done) or stop_signal.received
-            checkpoints.save(done, state, force=stop or done == total_steps)
-            if stop and done < total_steps:
-                return state, False
+    finite, first_unchecked = None, int(state.step) + 1
+    for step, local_batch in batches:
+        state, step_metrics = step_fn(
+            state, sharding.global_batch(local_batch, batch_sharding)
+        )
+        finite = _all_finite(step_metrics, True if finite is None else finite)
+        done = step + 1
+        # Called at every step on every process: that is how processes
+        # agree on the step at which all of them stop.
+        stop = checkpoints.reached_preemption(done) or stop_signal.received
+        last = done == total_steps
+        log = done % log_every_steps == 0 or last
+        if not (log or stop or last or checkpoints.should_save(done)):
+            continue
+        scalars = _checked_scalars(
+            step_metrics, finite, first_unchecked, done, checkpoints
+        )
+        finite, first_unchecked = None, done + 1
+        if log:
+            scalars["learning_rate"] = float(schedule(step))
+            reporter.step_done(done, scalars)
+        checkpoints.save(done, state, force=stop or last)
+        if stop and not last:
+            return state, False
     return state, True
 
 
-def _finite_scalars(step_metrics, done: int, checkpoints) -> dict[str, float]:
-    """The step's metrics as floats; FloatingPointError if any is not finite.
+@jax.jit
+def _all_finite(step_metrics, finite_so_far) -> jax.Array:
+    """`finite_so_far` and whether every metric of this step is finite."""
+    leaves = [jax.numpy.isfinite(v).all() for v in jax.tree.leaves(step_metrics)]
+    return functools.reduce(jax.numpy.logical_and, leaves, finite_so_far)
+
+
+def _checked_scalars(step_metrics, finite, first: int, done: int,
+                     checkpoints) -> dict[str, float]:
+    """Step `done`'s metrics as floats, fetched with the flag that steps
+    `first` to `done` were all finite; NonFiniteError if one was not.
 
     Raised before the state is saved, so the last good checkpoint stays the
-    latest. Every process sees the same replicated metrics and stops together.
+    latest. Every process sees the same replicated values and stops together.
     """
-    scalars = {k: float(v) for k, v in jax.device_get(step_metrics).items()}
-    if all(map(math.isfinite, scalars.values())):
+    step_metrics, finite = jax.device_get((step_metrics, finite))
+    scalars = {k: float(v) for k, v in step_metrics.items()}
+    if finite:
         return scalars
+    where = (f"at step {done} ({scalars})" if first == done else
+             f"at a step from {first} to {done} (step {done}: {scalars})")
     kept = checkpoints.latest_step
     raise NonFiniteError(
-        f"non-finite loss, gradient or parameters at step {done} ({scalars}); "
+        f"non-finite loss, gradient or parameters {where}; "
         + (
             f"the last good checkpoint, step {kept}, is kept in "
             f"{checkpoints.directory}"

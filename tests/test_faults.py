@@ -200,3 +200,25 @@ def test_non_finite_loss_stops_naming_the_step_and_keeps_the_last_good(
         "3",
     ]
     assert not (tmp_path / "export").exists()
+
+
+def test_non_finite_step_between_logs_stops_at_the_next_check(
+    photo_folder, tmp_path, monkeypatch
+):
+    """Metrics reach the host only when a log or save is due; a non-finite
+    step in between is still caught there, before the state is saved."""
+    build = train.PATHWAYS["low_level"]
+    monkeypatch.setitem(
+        train.PATHWAYS,
+        "low_level",
+        lambda config, workdir: poison_step(build(config, workdir), 5),
+    )
+    config = tiny_config(photo_folder, log_every_steps=4, checkpoint_every_steps=4)
+    # Batch index 5 ends at step 6; the checks after step 4 come at step 8.
+    with pytest.raises(
+        FloatingPointError, match=r"at a step from 5 to 8 .*step 4, is kept"
+    ):
+        train.train_and_evaluate(config, str(tmp_path))
+    # Orbax saves a run's first step, then every 4th; nothing after step 4.
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["1", "4"]
+    assert not (tmp_path / "export").exists()

@@ -4,6 +4,7 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
+from grepq_jax.models.dtypes import DTYPES
 from grepq_jax.models.heads import MLPHead
 from grepq_jax.models.resnet import resnet
 
@@ -30,3 +31,14 @@ class LowLevelModel(nn.Module):
             images, train)
         projection = MLPHead(self.head_dim, self.dtype, name="head")(features)
         return {"features": features, "projection": projection}
+
+
+def make_low_level_model(model_config) -> LowLevelModel:
+    """The model a config's `model` fields (or an export's copy of them, a
+    dict) describe: encoder, width, head_dim and dtype (a key of DTYPES)."""
+    return LowLevelModel(
+        encoder=model_config["encoder"],
+        width=model_config["width"],
+        head_dim=model_config["head_dim"],
+        dtype=DTYPES[model_config["dtype"]],
+    )

@@ -1,31 +1,31 @@
-"""What differs between the two GRepQ encoders, behind one small interface."""
+"""The two GRepQ encoders' pathways, picked by `config.pathway`.
 
-import dataclasses
-from typing import Any, Callable
+`Pathway` (pathway.py) is what the trainer needs of one; `PATHWAYS` maps each
+config name to the function that builds it.
+"""
 
-import jax.numpy as jnp
+import ml_collections
 
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+from grepq_jax.pathways import low_level
+from grepq_jax.pathways.pathway import Pathway
 
 
-@dataclasses.dataclass(frozen=True)
-class Pathway:
-    """A trainable encoder: its data, model, loss and export.
+def _build_high_level(config: ml_collections.ConfigDict, workdir: str) -> Pathway:
+    # Imported on use: transformers adds seconds to every (re)start of a
+    # low-level run, and restarts after preemption should be quick.
+    from grepq_jax.pathways import high_level  # pylint: disable=import-outside-toplevel
 
-    Attributes:
-        dataset: has `iterate(start_step, num_steps, batch_size, *,
-            process_index, process_count)` yielding `(step, {name: np.ndarray})`.
-        num_examples: examples in one epoch (groups or images).
-        images_per_example: images the encoder sees per example, for throughput.
-        init_variables: `rng -> {"params": ..., "batch_stats": ...}`.
-        objective: `(params, batch_stats, batch) -> (loss, (batch_stats,
-            metrics))`, pure and jit-able.
-        export: `(state, directory) -> None` writes what scoring needs.
-    """
+    return high_level.build(config, workdir)
 
-    dataset: Any
-    num_examples: int
-    images_per_example: int
-    init_variables: Callable[..., Any]
-    objective: Callable[..., Any]
-    export: Callable[[Any, str], None]
+
+PATHWAYS = {"low_level": low_level.build, "high_level": _build_high_level}
+
+
+def build_pathway(config: ml_collections.ConfigDict, workdir: str) -> Pathway:
+    """The pathway `config.pathway` names, built for `workdir`."""
+    if config.pathway not in PATHWAYS:
+        raise ValueError(
+            f"config.pathway: unknown {config.pathway!r}, "
+            f"expected one of {sorted(PATHWAYS)}"
+        )
+    return PATHWAYS[config.pathway](config, workdir)

@@ -25,7 +25,8 @@ from grepq_jax.data import high_level as high_level_data
 from grepq_jax.models import clip
 from grepq_jax.models import clip_rn50
 from grepq_jax.models import clip_rn50_tiny
-from grepq_jax.pathways import DTYPES, Pathway
+from grepq_jax.models.dtypes import DTYPES
+from grepq_jax.pathways.pathway import Pathway
 
 
 @dataclasses.dataclass(frozen=True)

@@ -11,7 +11,7 @@ from grepq_jax import checkpoint
 from grepq_jax import losses
 from grepq_jax.data import low_level as low_level_data
 from grepq_jax.models import low_level as low_level_model
-from grepq_jax.pathways import DTYPES, Pathway
+from grepq_jax.pathways.pathway import Pathway
 
 
 def build(config: ml_collections.ConfigDict, workdir: str) -> Pathway:
@@ -62,13 +62,7 @@ def build(config: ml_collections.ConfigDict, workdir: str) -> Pathway:
     )
 
 
-def make_model(model_config: ml_collections.ConfigDict):
-    return low_level_model.LowLevelModel(
-        encoder=model_config.encoder,
-        width=model_config.width,
-        head_dim=model_config.head_dim,
-        dtype=DTYPES[model_config.dtype],
-    )
+make_model = low_level_model.make_low_level_model
 
 
 def quality_aware_objective(params, batch_stats, batch, *, model, tau):
