@@ -65,7 +65,8 @@ import ml_collections  # noqa: E402
 import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from grepq_jax import checkpoint, export, score, zero_shot  # noqa: E402
+from grepq_jax import checkpoint, export, score  # noqa: E402
+from grepq_jax.scoring import zero_shot  # noqa: E402
 from grepq_jax.models import clip  # noqa: E402
 from grepq_jax.pathways import low_level as low_level_pathway  # noqa: E402
 

@@ -67,10 +67,12 @@ from absl import logging
 import numpy as np
 import tqdm
 
-from grepq_jax import cli, correlation, export, regression
-from grepq_jax import quality_model as qm
+from grepq_jax import cli, export
+from grepq_jax.evaluation import correlation
+from grepq_jax.evaluation import regression
+from grepq_jax.scoring import quality_model as qm
 from grepq_jax.data import images
-from grepq_jax.data import iqa_datasets
+from grepq_jax.evaluation import iqa_datasets
 
 _CACHE_VERSION = 2  # 2: references saved and keyed.
 _ZERO_SHOT = ("low_level", "high_level", "combined")

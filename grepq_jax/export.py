@@ -8,7 +8,7 @@ statistics once with the low-level encoder (from --pristine, a folder of
 pristine images, --pristine_patches, the original GRepQ's patch file, or by
 default the embedded photographs), and writes model.json last. Either
 encoder may be left out. The layout is described in
-grepq_jax/quality_model.py; `python -m grepq_jax.evaluate
+grepq_jax/scoring/quality_model.py; `python -m grepq_jax.evaluate
 --fit_regressor_into_model` adds a regressor later. Nothing is written
 outside --out, which must be new or empty.
 """
@@ -26,10 +26,12 @@ from absl import flags
 from absl import logging
 import numpy as np
 
-from grepq_jax import checkpoint, cli, encoders, pristine
-from grepq_jax import quality_model as qm
+from grepq_jax import checkpoint, cli
+from grepq_jax.scoring import encoders
+from grepq_jax.scoring import pristine
+from grepq_jax.scoring import quality_model as qm
 from grepq_jax.data import corpus, images
-from grepq_jax.regression import RidgeRegressor
+from grepq_jax.scoring.ridge import RidgeRegressor
 
 FLAGS = flags.FlagValues()
 _LOW_LEVEL = flags.DEFINE_string(

@@ -10,7 +10,7 @@ The authors released three files (their README links them):
                                   tower's state_dict (train_hlm.py)
     pristine_patches_096_0.75_0.80.hdf5
                                   the selected 96x96 pristine patches
-                                  (zeroshot_ll_model.pristine), see pristine.py
+                                  (zeroshot_ll_model.pristine), see scoring/pristine.py
 
 `package_released_grepq` converts the first into a low-level export in the
 format a low-level training run writes (pathways/low_level.py), takes the

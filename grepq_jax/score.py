@@ -59,8 +59,9 @@ import numpy as np
 from PIL import Image, ImageOps
 import tqdm
 
-from grepq_jax import cli, zero_shot
-from grepq_jax import quality_model as qm
+from grepq_jax import cli
+from grepq_jax.scoring import zero_shot
+from grepq_jax.scoring import quality_model as qm
 from grepq_jax.data import images
 
 MODES = {  # mode -> what QualityModel.analyse computes for it

@@ -23,7 +23,7 @@ import optax
 from grepq_jax import checkpoint
 from grepq_jax import distributed
 from grepq_jax import errors
-from grepq_jax import metrics
+from grepq_jax import progress
 from grepq_jax import sharding
 from grepq_jax import xla_options
 from grepq_jax.pathways import PATHWAYS, build_pathway  # noqa: F401  (PATHWAYS: tests patch it)
@@ -185,7 +185,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
         process_index=jax.process_index(),
         process_count=jax.process_count(),
     )
-    reporter = metrics.ProgressReporter(
+    reporter = progress.ProgressReporter(
         str(workdir / "tensorboard"),
         total_steps=total_steps,
         start_step=start,
@@ -260,7 +260,7 @@ def run_steps(
     batch_sharding: NamedSharding,
     schedule,
     checkpoints: checkpoint.TrainCheckpoints,
-    reporter: metrics.ProgressReporter,
+    reporter: progress.ProgressReporter,
     stop_signal: distributed.StopSignal,
     total_steps: int,
     log_every_steps: int,

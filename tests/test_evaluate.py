@@ -24,9 +24,12 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFilter
 
-from grepq_jax import cli, correlation, evaluate, regression, score
-from grepq_jax import quality_model as qm
-from grepq_jax.data import corpus, iqa_datasets
+from grepq_jax import cli, evaluate, score
+from grepq_jax.evaluation import correlation
+from grepq_jax.evaluation import regression
+from grepq_jax.scoring import quality_model as qm
+from grepq_jax.data import corpus
+from grepq_jax.evaluation import iqa_datasets
 from model_fixtures import high_level_export, low_level_export, model_folder  # noqa: F401
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"

@@ -22,8 +22,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from grepq_jax import cli, export, pristine, regression, score, zero_shot
-from grepq_jax import quality_model as qm
+from grepq_jax import cli, export, score
+from grepq_jax.scoring import pristine
+from grepq_jax.evaluation import regression
+from grepq_jax.scoring import zero_shot
+from grepq_jax.scoring import quality_model as qm
 from grepq_jax.data import corpus
 from model_fixtures import high_level_export, low_level_export, model_folder  # noqa: F401
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import scipy.io
 
-from grepq_jax.data import iqa_datasets
+from grepq_jax.evaluation import iqa_datasets
 
 
 def rows_of(dataset: iqa_datasets.IqaDataset) -> list[tuple]:
@@ -361,7 +361,7 @@ def tfds():
 
 
 def prepare(tfds, dataset, manual_dir, data_dir):
-    from grepq_jax.data import tfds_iqa
+    from grepq_jax.evaluation import tfds_iqa
     builder = tfds_iqa.BUILDERS[dataset](data_dir=str(data_dir))
     builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
         manual_dir=str(manual_dir)))
@@ -388,7 +388,7 @@ def test_tfds_koniq_keeps_original_bytes_and_scores(tmp_path, tfds):
         split="train", decoders={"image": tfds.decode.SkipDecoding()}))))
     original = tmp_path / "manual/1024x768" / record["name"].decode()
     assert record["image"] == original.read_bytes()  # Not re-encoded.
-    from grepq_jax.data import tfds_iqa
+    from grepq_jax.evaluation import tfds_iqa
     reloaded = tfds_iqa.BUILDERS["koniq10k"](data_dir=str(tmp_path / "tfds"))
     assert dict(reloaded.info.metadata) == {  # Saved with the data.
         "higher_is_better": True, "score_kind": "MOS", "score_range": [1, 5]}
@@ -417,6 +417,6 @@ def test_tfds_missing_files_say_what_to_put_where(tmp_path, tfds):
                        match=r"koniq10k_scores_and_distributions\.csv.*\n"
                              r"KonIQ-10k: in the dataset folder put"):
         prepare(tfds, "koniq10k", tmp_path / "manual", tmp_path / "tfds")
-    from grepq_jax.data import tfds_iqa
+    from grepq_jax.evaluation import tfds_iqa
     assert all(tfds_iqa.BUILDERS[name].MANUAL_DOWNLOAD_INSTRUCTIONS
                == iqa_datasets.LAYOUTS[name] for name in iqa_datasets.DATASETS)

@@ -15,8 +15,9 @@ import numpy as np
 from PIL import Image
 import pytest
 
-from grepq_jax import checkpoint, cli, export, regression, score
-from grepq_jax import quality_model as qm
+from grepq_jax import checkpoint, cli, export, score
+from grepq_jax.evaluation import regression
+from grepq_jax.scoring import quality_model as qm
 from model_fixtures import high_level_export, low_level_export, model_folder  # noqa: F401
 
 FEATURES = 16 + 32  # CLIP embedding + width-4 ResNet-18 pooled features

@@ -11,7 +11,8 @@ import pytest
 import scipy.stats
 from sklearn.linear_model import Ridge
 
-from grepq_jax import correlation, regression
+from grepq_jax.evaluation import correlation
+from grepq_jax.evaluation import regression
 
 
 def _linear_data(rng, num, dim, noise):

@@ -31,7 +31,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from grepq_jax import checkpoint, export, released, score, zero_shot
+from grepq_jax import checkpoint, export, released, score
+from grepq_jax.scoring import zero_shot
 from grepq_jax.data import images
 from grepq_jax.models import clip
 from grepq_jax.models.clip_rn50_convert import convert_modified_resnet

@@ -15,7 +15,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from grepq_jax import checkpoint, cli, evaluate, export, pristine, released, score, zero_shot
+from grepq_jax import checkpoint, cli, evaluate, export, released, score
+from grepq_jax.scoring import pristine
+from grepq_jax.scoring import zero_shot
 from grepq_jax.models import clip, clip_rn50
 from model_fixtures import _random_like, low_level_export  # noqa: F401
 from test_evaluate import write_csv_dataset

@@ -18,7 +18,7 @@ from PIL import Image
 import pytest
 
 from grepq_jax import cli, score
-from grepq_jax import quality_model as qm
+from grepq_jax.scoring import quality_model as qm
 from grepq_jax.data import images
 from model_fixtures import high_level_export, low_level_export, model_folder  # noqa: F401
 

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 import scipy.signal
 
-from grepq_jax import pristine, zero_shot
+from grepq_jax.scoring import pristine
+from grepq_jax.scoring import zero_shot
 
 _LUMA = np.array([0.2989, 0.587, 0.114])  # torchvision Grayscale, written out.
 

@@ -23,7 +23,7 @@ import os
 import numpy as np
 import tensorflow_datasets as tfds
 
-from grepq_jax.data import iqa_datasets
+from grepq_jax.evaluation import iqa_datasets
 
 # The formats tf.image.decode_image reads, so a stored image can be decoded.
 _DECODABLE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif"})

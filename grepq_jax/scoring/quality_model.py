@@ -46,7 +46,6 @@ sub-batch size (inherent: the encoders see the image at its own size).
 """
 import collections
 import dataclasses
-import json
 import math
 import pathlib
 from collections.abc import Iterable, Iterator, Sequence
@@ -54,11 +53,11 @@ from typing import Any
 
 import numpy as np
 
-from grepq_jax import pristine, zero_shot
 from grepq_jax.data import images as image_files
-from grepq_jax.encoders import (HighLevelEncoder, LowLevelEncoder,  # noqa: F401
-                                ModelFolderError, read_json, require)
-from grepq_jax.regression import RidgeRegressor
+from grepq_jax.scoring import patches, pristine, zero_shot
+from grepq_jax.scoring.encoders import (HighLevelEncoder, LowLevelEncoder,  # noqa: F401
+                                        ModelFolderError, read_json, require)
+from grepq_jax.scoring.ridge import RidgeRegressor
 
 FORMAT_VERSION = 1
 MODEL_JSON = "model.json"
@@ -185,7 +184,7 @@ class QualityModel:
             sides.append((_MIN_LOW_LEVEL_SIDE, "the low-level encoder's minimum"))
         if "low_level_score" in needs:
             size = self.pristine_stats.patch_size
-            rows, cols = pristine.patch_grid(height, width, size, self.stride)
+            rows, cols = patches.patch_grid(height, width, size, self.stride)
             if rows * cols < 2:
                 raise ValueError(f"image of {height}x{width} (HxW) gives {rows * cols} "
                                  f"patch of {size}x{size} at stride {self.stride}; "

@@ -20,13 +20,13 @@ from typing import Any
 from etils import epath
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 
-from grepq_jax import checkpoint, cli, zero_shot
+from grepq_jax import checkpoint, cli
+from grepq_jax.scoring import zero_shot
 from grepq_jax.models import clip, clip_rn50
-from grepq_jax.pathways import DTYPES
-from grepq_jax.pathways import low_level as low_level_pathway
+from grepq_jax.models import low_level as low_level_model
+from grepq_jax.models.dtypes import DTYPES
 
 # checkpoint.write_export's layout: the metadata file and the tree folder.
 EXPORT_METADATA = "model.json"
@@ -194,8 +194,8 @@ class LowLevelEncoder:
         if require(config, "dtype", str, model_source) not in DTYPES:
             raise ModelFolderError(f"{model_source}: dtype must be one of "
                                    f"{sorted(DTYPES)}, got {config['dtype']!r}")
-        model = _build(meta_source, "model", lambda: low_level_pathway.make_model(
-            ml_collections.ConfigDict(config)))
+        model = _build(meta_source, "model",
+                       lambda: low_level_model.make_low_level_model(config))
         expected = _build(meta_source, "model", lambda: jax.eval_shape(
             functools.partial(model.init, train=False), jax.random.key(0),
             jax.ShapeDtypeStruct((1, 32, 32, 3), jnp.float32)))

@@ -22,11 +22,13 @@ float on its own.
 import dataclasses
 import pathlib
 import re
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 
 import numpy as np
 
 from grepq_jax.data import images
+# patch_grid and iter_patch_chunks too: the tiling was here first.
+from grepq_jax.scoring.patches import cut_patches, iter_patch_chunks, patch_grid  # noqa: F401
 
 FeaturesFn = Callable[[np.ndarray], np.ndarray]
 """(N, P, P, 3) float32 in [0, 1] -> (N, C) features (NumPy or JAX array)."""
@@ -36,48 +38,6 @@ _GREY_WEIGHTS = np.array([0.2989, 0.587, 0.114])
 # zeroshot_ll_model.select_patches: a 7x7 Gaussian window, sigma 7/6.
 _SHARPNESS_WINDOW = 7
 _SHARPNESS_SIGMA = 7.0 / 6.0
-
-
-def patch_grid(height: int, width: int, size: int, stride: int) -> tuple[int, int]:
-    """(rows, cols) of `size` patches at `stride` that fit, remainder dropped.
-
-    Raises ValueError naming the image size when not even one patch fits.
-    """
-    if height < size or width < size:
-        raise ValueError(f"image of {height}x{width} (HxW) is smaller than one "
-                         f"{size}x{size} patch")
-    return (height - size) // stride + 1, (width - size) // stride + 1
-
-
-def _patch_windows(image: np.ndarray, size: int, stride: int) -> np.ndarray:
-    """A view (rows, cols, size, size, C) of `image` (H, W, C); nothing copied."""
-    windows = np.lib.stride_tricks.sliding_window_view(image, (size, size), axis=(0, 1))
-    return np.moveaxis(windows[::stride, ::stride], 2, -1)
-
-
-def iter_patch_chunks(image: np.ndarray, size: int, stride: int,
-                      chunk: int) -> Iterator[np.ndarray]:
-    """Patches of `image` (H, W, C), row by row, at most `chunk` at a time.
-
-    Yields (k <= chunk, size, size, C) copies, so only one chunk of patches is
-    ever in memory however large the image.
-    """
-    if chunk < 1:
-        raise ValueError(f"chunk must be >= 1, got {chunk}")
-    rows, cols = patch_grid(image.shape[0], image.shape[1], size, stride)
-    windows = _patch_windows(image, size, stride)
-    for start in range(0, rows * cols, chunk):
-        flat = np.arange(start, min(start + chunk, rows * cols))
-        yield windows[flat // cols, flat % cols]
-
-
-def cut_patches(image: np.ndarray, size: int, stride: int) -> np.ndarray:
-    """All patches of `image` (H, W, C) -> (rows * cols, size, size, C), row by row.
-
-    Patch k has its top-left corner at (stride * (k // cols), stride * (k % cols)).
-    """
-    rows, cols = patch_grid(image.shape[0], image.shape[1], size, stride)
-    return next(iter_patch_chunks(image, size, stride, rows * cols))
 
 
 def _zero_padded_gaussian_blur(images: np.ndarray) -> np.ndarray:
