@@ -32,7 +32,7 @@ from benchmarks.bench_scoring import B32_CLIP, SMALL_CLIP  # noqa: E402
 from configs import high_level as high_level_config  # noqa: E402
 from grepq_jax import sharding  # noqa: E402
 from grepq_jax import train  # noqa: E402
-from grepq_jax.models import clip  # noqa: E402
+from grepq_jax.models import clip, heads  # noqa: E402
 from grepq_jax.pathways import high_level  # noqa: E402
 
 
@@ -46,7 +46,7 @@ def main():
     arch = {"small": SMALL_CLIP, "b32": B32_CLIP}[args.clip]
     config = high_level_config.get_config("paper")
     encoder = clip.ClipImageEncoder(arch)
-    head = clip.ProjectionHead(features=config.model.head_dim)
+    head = heads.ProjectionHead(features=config.model.head_dim)
     size = arch.image_size
     rng = jax.random.key(0)
     params = {

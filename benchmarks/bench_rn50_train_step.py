@@ -49,7 +49,7 @@ from benchmarks.torch_peer_high_level import HighLevelPeer  # noqa: E402
 from configs import high_level as high_level_config  # noqa: E402
 from grepq_jax import sharding  # noqa: E402
 from grepq_jax import train  # noqa: E402
-from grepq_jax.models import clip, clip_rn50  # noqa: E402
+from grepq_jax.models import clip, clip_rn50, heads  # noqa: E402
 from grepq_jax.models.clip_rn50_convert import convert_modified_resnet  # noqa: E402
 from grepq_jax.pathways import high_level  # noqa: E402
 
@@ -88,7 +88,7 @@ def jax_side(state_dict, inputs, group_size):
     """A callable running one of our steps (loss read back), and its compile seconds."""
     config = high_level_config.get_config("paper")
     arch, variables = convert_modified_resnet(state_dict, source="random")
-    head = clip.ProjectionHead(features=config.model.head_dim)
+    head = heads.ProjectionHead(features=config.model.head_dim)
     objective = functools.partial(
         high_level.group_contrastive_objective, encoder=clip_rn50.ModifiedResNet(arch),
         head=head, prompt_embeddings=inputs["prompts"][None], group_size=group_size,

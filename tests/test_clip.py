@@ -19,7 +19,7 @@ from clip_fixtures import IMAGE_SIZE, MEAN, PATCH_SIZE, STD, tiny_clip_dir  # no
 from jax.sharding import AxisType, NamedSharding, PartitionSpec
 from transformers import FlaxCLIPModel
 
-from grepq_jax.models import clip
+from grepq_jax.models import clip, heads
 from grepq_jax.pseudo_labels import quality_pseudo_labels, split_quality_groups
 
 _FIXTURES = pathlib.Path(__file__).parent / "fixtures"
@@ -170,7 +170,7 @@ def test_gradients_are_finite_under_jit_at_a_new_size(bundle):
 
 
 def test_projection_head_is_dense_relu():
-    head = clip.ProjectionHead()
+    head = heads.ProjectionHead()
     x = jax.random.normal(jax.random.key(0), (5, 16))
     params = head.init(jax.random.key(1), x)["params"]
     out = head.apply({"params": params}, x)

@@ -11,7 +11,7 @@ from grepq_jax import checkpoint
 from grepq_jax import losses
 from grepq_jax import train
 from grepq_jax.data import high_level as high_level_data
-from grepq_jax.models import clip
+from grepq_jax.models import clip, heads
 from grepq_jax.pathways import high_level as high_level_pathway
 from conftest import params_of, read_scalars
 
@@ -82,7 +82,7 @@ def test_objective_groups_by_prompt_similarity(tiny_clip_dir):
     """The loss uses exactly the images the prompts rank best and worst."""
     bundle = clip.load_clip(str(tiny_clip_dir))
     prompts = clip.encode_prompts(bundle, [("a good photo.", "a bad photo.")])
-    head = clip.ProjectionHead(features=8)
+    head = heads.ProjectionHead(features=8)
     head_params = head.init(jax.random.key(0), np.zeros((1, bundle.embed_dim)))[
         "params"
     ]

@@ -17,7 +17,7 @@ from conftest import params_of, read_scalars
 from configs import high_level as high_level_config
 from grepq_jax import (checkpoint, errors, export, high_level_export, pseudo_labels, score,
                        train, zero_shot)
-from grepq_jax.models import clip, clip_rn50, clip_rn50_tiny
+from grepq_jax.models import clip, clip_rn50, clip_rn50_tiny, heads
 from grepq_jax.models.clip_rn50_convert import convert_modified_resnet
 from grepq_jax.pathways import high_level as high_level_pathway
 from model_fixtures import write_high_level_export as write_vit_export
@@ -49,7 +49,7 @@ def _ours(state, data):
     """The pathway's objective on the fixture's tower, head and prompts: loss,
     gradients and updated batch statistics."""
     arch, variables = convert_modified_resnet(state, source="fixture", heads=step_reference.HEADS)
-    head = clip.ProjectionHead(features=step_reference.HEAD_DIM)
+    head = heads.ProjectionHead(features=step_reference.HEAD_DIM)
     params = {"encoder": variables["params"],
               "head": {"Dense_0": {"kernel": data["head_weight"].T, "bias": data["head_bias"]}}}
     objective = functools.partial(

@@ -241,17 +241,6 @@ class ClipImageEncoder(nn.Module):
         return self.visual_projection(self.vision_model(pixels))
 
 
-class ProjectionHead(nn.Module):
-    """Dense + ReLU on the image embedding, for the group-contrastive loss only."""
-
-    features: int = 128
-
-    @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
-        """(B, D) -> (B, features), non-negative."""
-        return nn.relu(nn.Dense(self.features)(x))
-
-
 def vision_params_from_pretrained(params: dict) -> dict:
     """`FlaxCLIPModel.params` -> the `ClipImageEncoder` params (same leaves, no copy)."""
     missing = [k for k in ("vision_model", "visual_projection") if k not in params]

@@ -1,4 +1,5 @@
-"""GRepQ's projection head on top of the low-level encoder."""
+"""GRepQ's projection heads: the low-level encoder's MLP and the high-level
+CLIP tower's, both used by the contrastive losses only."""
 from typing import Any
 
 import flax.linen as nn
@@ -31,3 +32,14 @@ class MLPHead(nn.Module):
         x = nn.relu(_torch_linear(width, width, self.dtype, name="dense_0")(features))
         x = _torch_linear(self.out_dim, width, self.dtype, name="dense_2")(x)
         return x.astype(jnp.float32)
+
+
+class ProjectionHead(nn.Module):
+    """Dense + ReLU on the image embedding, for the group-contrastive loss only."""
+
+    features: int = 128
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        """(B, D) -> (B, features), non-negative."""
+        return nn.relu(nn.Dense(self.features)(x))

@@ -22,7 +22,7 @@ from grepq_jax import high_level_export
 from grepq_jax import losses
 from grepq_jax import pseudo_labels
 from grepq_jax.data import high_level as high_level_data
-from grepq_jax.models import clip
+from grepq_jax.models import clip, heads
 from grepq_jax.models import clip_rn50
 from grepq_jax.models import clip_rn50_tiny
 from grepq_jax.models.dtypes import DTYPES
@@ -175,7 +175,7 @@ def build(config: ml_collections.ConfigDict, workdir: str) -> Pathway:
         mean=tower.mean,
         std=tower.std,
     )
-    head = clip.ProjectionHead(features=config.model.head_dim)
+    head = heads.ProjectionHead(features=config.model.head_dim)
 
     def init_variables(rng):
         head_params = jax.jit(head.init)(rng, jnp.zeros((1, tower.embed_dim)))[
