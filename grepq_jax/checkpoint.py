@@ -22,8 +22,9 @@ import orbax.checkpoint as ocp
 from grepq_jax import cli
 from grepq_jax import errors
 
-_EXPORT_TREE = "params"
-_EXPORT_META = "model.json"
+# An encoder export (write_export): the tree folder and the metadata file.
+EXPORT_TREE = "params"
+EXPORT_METADATA = "model.json"
 
 
 class CheckpointError(errors.RunFailure):
@@ -176,10 +177,10 @@ def write_export(directory: str, tree: Any, metadata: dict[str, Any]) -> None:
             tree,
         )
     checkpointer = ocp.StandardCheckpointer()
-    checkpointer.save(directory / _EXPORT_TREE, tree, force=True)
+    checkpointer.save(directory / EXPORT_TREE, tree, force=True)
     checkpointer.wait_until_finished()
     if jax.process_index() == 0:
-        (directory / _EXPORT_META).write_text(json.dumps(metadata, indent=2))
+        (directory / EXPORT_METADATA).write_text(json.dumps(metadata, indent=2))
 
 
 def read_export(directory: str) -> tuple[Any, dict[str, Any]]:
@@ -190,16 +191,16 @@ def read_export(directory: str) -> tuple[Any, dict[str, Any]]:
     is read on a laptop).
     """
     directory = epath.Path(cli.absolute(directory))
-    meta_path = directory / _EXPORT_META
+    meta_path = directory / EXPORT_METADATA
     if not meta_path.exists():
         raise FileNotFoundError(
-            f"{directory} is not an export: no {_EXPORT_META}"
+            f"{directory} is not an export: no {EXPORT_METADATA}"
         )
     checkpointer = ocp.StandardCheckpointer()
-    stored = checkpointer.metadata(directory / _EXPORT_TREE).item_metadata
+    stored = checkpointer.metadata(directory / EXPORT_TREE).item_metadata
     if stored is None:  # Orbax says nothing of a folder it did not finish.
         raise CheckpointError(
-            f"{directory / _EXPORT_TREE}: no Orbax metadata; the export is "
+            f"{directory / EXPORT_TREE}: no Orbax metadata; the export is "
             "damaged or incomplete")
     stored = stored.tree
     device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
@@ -207,6 +208,6 @@ def read_export(directory: str) -> tuple[Any, dict[str, Any]]:
         lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=device),
         stored,
     )
-    tree = checkpointer.restore(directory / _EXPORT_TREE, target)
+    tree = checkpointer.restore(directory / EXPORT_TREE, target)
     return tree, json.loads(meta_path.read_text())
 

@@ -67,10 +67,12 @@ from absl import logging
 import numpy as np
 import tqdm
 
-from grepq_jax import cli, export
+from grepq_jax import cli
 from grepq_jax.evaluation import correlation
 from grepq_jax.evaluation import regression
 from grepq_jax.scoring import quality_model as qm
+from grepq_jax.scoring import zero_shot
+from grepq_jax.scoring.model_folder import write_regressor
 from grepq_jax.data import images
 from grepq_jax.evaluation import iqa_datasets
 
@@ -123,12 +125,13 @@ class DatasetFeatures:
         scores = {name: self.arrays[f"{name}_score"] for name in _ZERO_SHOT[:2]
                   if f"{name}_score" in self.arrays}
         if len(scores) == 2:
-            scores["combined"] = scores["low_level"] + scores["high_level"]
+            scores["combined"] = zero_shot.combined_score(scores["low_level"],
+                                                          scores["high_level"])
         return scores
 
     def regression_features(self, kind: str) -> np.ndarray:
         """[high-level embedding, low-level `kind` features] -> (N, C)."""
-        names = [name for name in ("high_level_embedding", f"low_level_{kind}")
+        names = [name for name in qm.regression_feature_names(("high_level", "low_level"), kind)
                  if name in self.arrays]
         return np.concatenate([self.arrays[name] for name in names], axis=1)
 
@@ -178,7 +181,7 @@ def compute_features(model: qm.QualityModel, dataset: iqa_datasets.IqaDataset, *
     """
     needs = set(model.regression_needs())
     if model.low_level:
-        needs.add("low_level_score")
+        needs.add(qm.Need.LOW_LEVEL_SCORE)
 
     def read(item):
         try:
@@ -195,7 +198,7 @@ def compute_features(model: qm.QualityModel, dataset: iqa_datasets.IqaDataset, *
             skipped.append((item.name, str(analysis)))
             continue
         kept.append(item)
-        for name, value in _analysis_arrays(analysis).items():
+        for name, value in analysis.arrays().items():
             columns.setdefault(name, []).append(value)
     if len(kept) < 2:
         raise EvaluationFailure(f"{dataset.name}: only {len(kept)} of "
@@ -205,18 +208,6 @@ def compute_features(model: qm.QualityModel, dataset: iqa_datasets.IqaDataset, *
                            tuple(map(float, dataset.score_range)),
                            {name: np.stack(values) for name, values in columns.items()},
                            tuple(item.reference for item in kept), tuple(skipped))
-
-
-def _analysis_arrays(analysis: qm.ImageAnalysis) -> dict[str, np.ndarray]:
-    out = {}
-    if analysis.low_level_score is not None:
-        out["low_level_score"] = np.float64(analysis.low_level_score)
-    if analysis.high_level_score is not None:
-        out["high_level_score"] = np.float64(analysis.high_level_score)
-        out["high_level_embedding"] = analysis.high_level_embedding
-    for kind, value in (analysis.low_level_features or {}).items():
-        out[f"low_level_{kind}"] = value
-    return out
 
 
 def save_features(path: pathlib.Path, key: str, features: DatasetFeatures) -> None:
@@ -479,7 +470,7 @@ def fit_regressor_into_model(model_folder, model: qm.QualityModel,
             "orientation": "score" if dataset.higher_is_better else "low + high - score",
             "score_range": list(features.score_range),
             "num_images": len(features.quality), "alpha": ridge.alpha, "seed": seed}
-    export.write_regressor(model_folder, ridge, info)
+    write_regressor(model_folder, ridge, info)
     return ridge
 
 

@@ -29,9 +29,10 @@ import numpy as np
 from grepq_jax import checkpoint, cli
 from grepq_jax.scoring import encoders
 from grepq_jax.scoring import pristine
-from grepq_jax.scoring import quality_model as qm
+from grepq_jax.scoring import model_folder
 from grepq_jax.data import corpus, images
-from grepq_jax.scoring.ridge import RidgeRegressor
+# Adding a regressor to a folder; export.write_regressor was its first home.
+from grepq_jax.scoring.model_folder import write_regressor  # noqa: F401
 
 FLAGS = flags.FlagValues()
 _LOW_LEVEL = flags.DEFINE_string(
@@ -96,19 +97,19 @@ def export_model(out, *, low_level: str | None = None, high_level: str | None = 
         raise ValueError("give a pristine image folder or a pristine patch file, not both")
     out = pathlib.Path(out).absolute()  # Orbax wants absolute paths.
     _check_out_folder(out)
-    description = {"format_version": qm.FORMAT_VERSION, "low_level": bool(low_level),
+    description = {"format_version": model_folder.FORMAT_VERSION, "low_level": bool(low_level),
                    "high_level": bool(high_level), "regressor": False,
                    "zero_shot": {"patch_size": patch_size, "stride": patch_size // 2}}
     exports, stats = {}, None
     if high_level:  # Each export is checked as a model folder would be.
         tree, metadata, source = encoders.read_checked_export(high_level, "high_level")
         encoders.HighLevelEncoder.from_tree(tree, metadata, source=source)
-        exports[qm.HIGH_LEVEL_DIR] = tree, metadata
+        exports[model_folder.HIGH_LEVEL_DIR] = tree, metadata
     if low_level:
         tree, metadata, source = encoders.read_checked_export(low_level, "low_level")
         encoder = encoders.LowLevelEncoder.from_tree(tree, metadata, chunk=chunk,
                                                      source=source)
-        exports[qm.LOW_LEVEL_DIR] = tree, metadata
+        exports[model_folder.LOW_LEVEL_DIR] = tree, metadata
         stats, description["pristine"] = _pristine_statistics(
             encoder, pristine_folder, pristine_patches, patch_size=patch_size, chunk=chunk)
         description["zero_shot"] = {"patch_size": stats.patch_size,
@@ -117,12 +118,12 @@ def export_model(out, *, low_level: str | None = None, high_level: str | None = 
     for name, (tree, metadata) in exports.items():
         checkpoint.write_export(str(out / name), tree, metadata)
     if stats is not None:
-        np.savez(out / qm.PRISTINE_FILE, **stats.to_arrays())
-    (out / qm.MODEL_JSON).write_text(json.dumps(description, indent=2))
+        np.savez(out / model_folder.PRISTINE_FILE, **stats.to_arrays())
+    (out / model_folder.MODEL_JSON).write_text(json.dumps(description, indent=2))
     return description
 
 
-def _pristine_statistics(encoder: qm.LowLevelEncoder, folder: str | None,
+def _pristine_statistics(encoder: encoders.LowLevelEncoder, folder: str | None,
                          patch_file: str | None, *, patch_size: int, chunk: int):
     """The statistics, computed once, and what model.json says of them."""
     skipped: list[tuple[str, str]] = []
@@ -141,19 +142,6 @@ def _pristine_statistics(encoder: qm.LowLevelEncoder, folder: str | None,
     return stats, {"source": patch_file or folder or "embedded photographs",
                    "num_patches": stats.num_patches,
                    "skipped_images": [path for path, _ in skipped]}
-
-
-def write_regressor(folder, regressor: RidgeRegressor, info: dict) -> None:
-    """Adds (or replaces) the regressor of an existing model folder.
-
-    info: JSON-able; what the regressor reads and predicts (see evaluate.py).
-    """
-    folder = pathlib.Path(folder)
-    description = qm.read_description(folder)
-    np.savez(folder / qm.REGRESSOR_FILE, **regressor.to_arrays())
-    (folder / qm.REGRESSOR_JSON).write_text(json.dumps(info, indent=2))
-    description["regressor"] = True
-    (folder / qm.MODEL_JSON).write_text(json.dumps(description, indent=2))
 
 
 def main(argv: list[str]) -> int:

@@ -65,9 +65,9 @@ from grepq_jax.scoring import quality_model as qm
 from grepq_jax.data import images
 
 MODES = {  # mode -> what QualityModel.analyse computes for it
-    "zero_shot": frozenset({"low_level_score", "high_level"}),
-    "zero_shot_low": frozenset({"low_level_score"}),
-    "zero_shot_high": frozenset({"high_level"}),
+    "zero_shot": frozenset({qm.Need.LOW_LEVEL_SCORE, qm.Need.HIGH_LEVEL}),
+    "zero_shot_low": frozenset({qm.Need.LOW_LEVEL_SCORE}),
+    "zero_shot_high": frozenset({qm.Need.HIGH_LEVEL}),
     "regressor": None,  # the regressor's parts: QualityModel.regression_needs()
 }
 SCORE_RANGES = {"zero_shot": (0.0, 1.5), "zero_shot_low": (0.0, 0.5),

@@ -28,9 +28,8 @@ from grepq_jax.models import clip, clip_rn50
 from grepq_jax.models import low_level as low_level_model
 from grepq_jax.models.dtypes import DTYPES
 
-# checkpoint.write_export's layout: the metadata file and the tree folder.
-EXPORT_METADATA = "model.json"
-EXPORT_TREE = "params"
+# checkpoint.write_export's layout (checkpoint owns it): metadata file, tree folder.
+EXPORT_METADATA, EXPORT_TREE = checkpoint.EXPORT_METADATA, checkpoint.EXPORT_TREE
 
 
 class ModelFolderError(ValueError):

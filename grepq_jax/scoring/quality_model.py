@@ -1,22 +1,6 @@
-"""A scoring model folder: loading and checking it, and the features and scores of images.
+"""A scoring model: a model folder loaded and checked, and the features and scores of images.
 
-A model folder (written by `grepq_jax.export`) holds:
-
-    model.json               {"format_version", "low_level", "high_level",
-                              "regressor"}: what is present; "zero_shot":
-                             {"patch_size", "stride"}; "pristine": {"source",
-                             "num_patches", "skipped_images"}
-    low_level/               checkpoint.write_export of {"params",
-                             "batch_stats"} and {"pathway", "model", "step"}
-    high_level/              checkpoint.write_export of {"encoder",
-                             "prompt_embeddings" (P, 2, D)} and {"pathway",
-                             "encoder" ("clip_vit" if absent, or "clip_rn50":
-                             then tree["encoder"] is {"params",
-                             "batch_stats"}), "arch", "mean", "std",
-                             "prompts", "dtype", "step"}
-    pristine_statistics.npz  PristineStatistics.to_arrays() (with low_level/)
-    regressor.npz            RidgeRegressor.to_arrays() (optional)
-    regressor.json           what the regressor reads and predicts (optional)
+The folder's format is scoring/model_folder.py's.
 
 Either encoder may be absent; the model then scores with what is there. It
 loads with neither the training config nor network access: both encoders
@@ -46,7 +30,7 @@ sub-batch size (inherent: the encoders see the image at its own size).
 """
 import collections
 import dataclasses
-import math
+import enum
 import pathlib
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
@@ -56,25 +40,28 @@ import numpy as np
 from grepq_jax.data import images as image_files
 from grepq_jax.scoring import patches, pristine, zero_shot
 from grepq_jax.scoring.encoders import (HighLevelEncoder, LowLevelEncoder,  # noqa: F401
-                                        ModelFolderError, read_json, require)
+                                        ModelFolderError)
+# The folder's names and readers; qm.MODEL_JSON etc. still serve older callers.
+from grepq_jax.scoring.model_folder import (  # noqa: F401
+    FORMAT_VERSION, HIGH_LEVEL_DIR, LOW_LEVEL_DIR, LOW_LEVEL_FEATURES, MODEL_JSON,
+    PRISTINE_FILE, REGRESSOR_FILE, REGRESSOR_JSON, read_description,
+    read_pristine_statistics, read_regressor, read_regressor_info)
 from grepq_jax.scoring.ridge import RidgeRegressor
 
-FORMAT_VERSION = 1
-MODEL_JSON = "model.json"
-LOW_LEVEL_DIR = "low_level"
-HIGH_LEVEL_DIR = "high_level"
-PRISTINE_FILE = "pristine_statistics.npz"
-REGRESSOR_FILE = "regressor.npz"
-REGRESSOR_JSON = "regressor.json"
-
-# Low-level whole-image outputs: "projection" (the 128-d head output the
-# paper's code uses) or "pooled" (the 512-d pooled encoder features).
-LOW_LEVEL_FEATURES = {"projection": "projection", "pooled": "features"}
 _MIN_LOW_LEVEL_SIDE = 32  # LowLevelModel's documented minimum.
 
-# What `analyse` can compute, and which of it needs whole images as float32.
-NEEDS = frozenset({"low_level_score", "high_level", "low_level_features"})
-WHOLE_IMAGE_NEEDS = frozenset({"high_level", "low_level_features"})
+
+class Need(enum.StrEnum):
+    """What `QualityModel.analyse` can compute for an image. A StrEnum, so
+    that the names as strings ("low_level_score") are read as these."""
+    LOW_LEVEL_SCORE = "low_level_score"  # the zero-shot low-level score
+    HIGH_LEVEL = "high_level"  # the high-level embedding and zero-shot score
+    LOW_LEVEL_FEATURES = "low_level_features"  # whole-image low-level features
+
+
+NEEDS = frozenset(Need)
+# What needs the whole image as float32 (the rest goes a chunk of patches at a time).
+WHOLE_IMAGE_NEEDS = frozenset({Need.HIGH_LEVEL, Need.LOW_LEVEL_FEATURES})
 # Pixels per whole-image batch: 16.8 MP, 200 MB as float32; a larger
 # image goes alone.
 BATCH_PIXELS = 1 << 24
@@ -98,6 +85,19 @@ class ImageAnalysis:
     high_level_score: float | None = None
     high_level_embedding: np.ndarray | None = None
     low_level_features: dict[str, np.ndarray] | None = None
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        """The parts computed, by name: "low_level_score", "high_level_score",
+        "high_level_embedding", "low_level_projection", "low_level_pooled"."""
+        out = {}
+        if self.low_level_score is not None:
+            out["low_level_score"] = np.float64(self.low_level_score)
+        if self.high_level_score is not None:
+            out["high_level_score"] = np.float64(self.high_level_score)
+            out["high_level_embedding"] = self.high_level_embedding
+        for kind, value in (self.low_level_features or {}).items():
+            out[f"low_level_{kind}"] = value
+        return out
 
     def non_finite(self) -> str | None:
         """The name of the first part holding NaN or inf, or None."""
@@ -178,11 +178,11 @@ class QualityModel:
         """Raises ValueError, naming the size, if an image is too small."""
         height, width = shape[:2]
         sides = []
-        if "high_level" in needs:
+        if Need.HIGH_LEVEL in needs:
             sides.append((self.high_level.min_side, "the high-level encoder's minimum"))
-        if "low_level_features" in needs:
+        if Need.LOW_LEVEL_FEATURES in needs:
             sides.append((_MIN_LOW_LEVEL_SIDE, "the low-level encoder's minimum"))
-        if "low_level_score" in needs:
+        if Need.LOW_LEVEL_SCORE in needs:
             size = self.pristine_stats.patch_size
             rows, cols = patches.patch_grid(height, width, size, self.stride)
             if rows * cols < 2:
@@ -194,14 +194,16 @@ class QualityModel:
                 raise ValueError(f"image of {height}x{width} (HxW) is smaller than "
                                  f"{what} ({side} px)")
 
-    def check_needs(self, needs: Iterable[str]) -> frozenset[str]:
+    def check_needs(self, needs: Iterable[Need | str]) -> frozenset[Need]:
+        """`needs` as Needs, if this model has the encoders for them; else ValueError."""
         needs = frozenset(needs)
         if not needs or not needs <= NEEDS:
-            raise ValueError(f"needs must be a non-empty subset of {sorted(NEEDS)}, "
-                             f"got {sorted(needs)}")
-        missing = {"low_level_score": self.low_level, "high_level": self.high_level,
-                   "low_level_features": self.low_level}
-        absent = sorted(need for need in needs if missing[need] is None)
+            raise ValueError(f"needs must be a non-empty subset of "
+                             f"{sorted(map(str, NEEDS))}, got {sorted(map(str, needs))}")
+        needs = frozenset(map(Need, needs))
+        encoder = {Need.LOW_LEVEL_SCORE: self.low_level, Need.HIGH_LEVEL: self.high_level,
+                   Need.LOW_LEVEL_FEATURES: self.low_level}
+        absent = sorted(str(need) for need in needs if encoder[need] is None)
         if absent:
             raise ValueError(f"this model has no encoder for {absent}; it holds "
                              f"{self.parts or 'no encoder'}")
@@ -273,7 +275,7 @@ class QualityModel:
         results: list[ImageAnalysis | Exception] = []
         for analysis, image in zip(analyses, pixels):
             try:
-                if "low_level_score" in needs:
+                if Need.LOW_LEVEL_SCORE in needs:
                     analysis.low_level_score = self.low_level_score(image)
                 bad = analysis.non_finite()
                 if bad:
@@ -291,12 +293,12 @@ class QualityModel:
         # float32 only now, for this bounded batch (a view for one image).
         batch = (image_files.to_float(pixels[0])[None] if len(pixels) == 1 else
                  np.stack([image_files.to_float(image) for image in pixels]))
-        if "high_level" in needs:
+        if Need.HIGH_LEVEL in needs:
             embeddings = self.high_level.embeddings(batch)
             for analysis, emb, score in zip(analyses, embeddings,
                                             self.high_level.scores(embeddings)):
                 analysis.high_level_embedding, analysis.high_level_score = emb, float(score)
-        if "low_level_features" in needs:
+        if Need.LOW_LEVEL_FEATURES in needs:
             out = self.low_level.image_features(batch)
             for i, analysis in enumerate(analyses):
                 analysis.low_level_features = {
@@ -312,21 +314,26 @@ class QualityModel:
         if kind not in LOW_LEVEL_FEATURES:
             raise ValueError(f"unknown low-level features {kind!r}; choose one of "
                              f"{sorted(LOW_LEVEL_FEATURES)}")
-        pieces = []
-        if self.high_level:
-            pieces.append(analysis.high_level_embedding)
-        if self.low_level:
-            pieces.append(analysis.low_level_features[kind])
-        return np.concatenate(pieces).astype(np.float32)
+        arrays = analysis.arrays()
+        names = regression_feature_names(self.parts, kind)
+        return np.concatenate([arrays[name] for name in names]).astype(np.float32)
 
-    def regression_needs(self) -> frozenset[str]:
+    def regression_needs(self) -> frozenset[Need]:
         """What `analyse` must compute for `regression_features`."""
         needs = set()
         if self.high_level:
-            needs.add("high_level")
+            needs.add(Need.HIGH_LEVEL)
         if self.low_level:
-            needs.add("low_level_features")
+            needs.add(Need.LOW_LEVEL_FEATURES)
         return frozenset(needs)
+
+
+def regression_feature_names(parts: Iterable[str], kind: str) -> list[str]:
+    """The `ImageAnalysis.arrays()` a regressor reads, in its order: the
+    high-level embedding, then the low-level `kind` features (the paper's code
+    concatenates high then low); only those of `parts`."""
+    names = {"high_level": "high_level_embedding", "low_level": f"low_level_{kind}"}
+    return [names[part] for part in ("high_level", "low_level") if part in parts]
 
 
 def _pixel_count(image) -> int:
@@ -349,112 +356,3 @@ def _sub_batches(count: int) -> list[tuple[int, int]]:
         out.append((start, size))
         start += size
     return out
-
-
-# Reading and checking the folder's files -------------------------------------------
-
-def read_description(folder) -> dict:
-    """model.json of a model folder, checked; ModelFolderError otherwise.
-
-    Also checks that every file it lists is present.
-    """
-    folder = pathlib.Path(folder)
-    path = folder / MODEL_JSON
-    if not path.is_file():
-        raise ModelFolderError(f"{folder} is not a model folder: no {MODEL_JSON} "
-                               "(write one with python -m grepq_jax.export)")
-    description, source = read_json(path), str(path)
-    version = require(description, "format_version", int, source)
-    if version != FORMAT_VERSION:
-        raise ModelFolderError(f"{path}: format_version {version!r}; this code "
-                               f"reads {FORMAT_VERSION}")
-    for key in ("low_level", "high_level", "regressor"):
-        require(description, key, bool, source)
-    if not (description["low_level"] or description["high_level"]):
-        raise ModelFolderError(f"{path}: lists no encoder (low_level and high_level "
-                               "are both false)")
-    if description["low_level"]:
-        settings = require(description, "zero_shot", dict, source)
-        for key in ("patch_size", "stride"):
-            require(settings, key, int, f"{source} (zero_shot)", positive=True)
-    expected = {"low_level": [LOW_LEVEL_DIR, PRISTINE_FILE],
-                "high_level": [HIGH_LEVEL_DIR],
-                "regressor": [REGRESSOR_FILE, REGRESSOR_JSON]}
-    for part, names in expected.items():
-        for name in names if description[part] else []:
-            if not (folder / name).exists():
-                raise ModelFolderError(f"{path} lists {part}, but {folder / name} "
-                                       "is missing")
-    return description
-
-
-def _read_npz(path: pathlib.Path, reader):
-    """reader(np.load(path)), with any failure as a ModelFolderError naming path."""
-    try:
-        with np.load(path, allow_pickle=False) as arrays:
-            return reader(arrays)
-    except ModelFolderError:
-        raise
-    except Exception as error:  # zipfile, numpy and our own checks' errors.
-        raise ModelFolderError(f"{path}: {_reason(error)}") from None
-
-
-def _reason(error: Exception) -> str:
-    """Our checks' messages as they are; a reader's failure with its type."""
-    if type(error) is ValueError:
-        return str(error)
-    return f"cannot read it ({type(error).__name__}: {error})"
-
-
-def read_pristine_statistics(folder: pathlib.Path, low: LowLevelEncoder,
-                             description: dict) -> pristine.PristineStatistics:
-    """The statistics, checked against the encoder and model.json."""
-    path = folder / PRISTINE_FILE
-    stats = _read_npz(path, pristine.PristineStatistics.from_arrays)
-    width = low.widths["projection"]
-    if len(stats.mu) != width:
-        raise ModelFolderError(f"{path}: mu has {len(stats.mu)} features, but the "
-                               f"low-level encoder gives {width}")
-    if stats.patch_size != description["zero_shot"]["patch_size"]:
-        raise ModelFolderError(
-            f"{path}: patch_size {stats.patch_size} differs from {folder / MODEL_JSON}'s "
-            f"zero_shot.patch_size {description['zero_shot']['patch_size']}")
-    return stats
-
-
-def read_regressor_info(folder: pathlib.Path, parts: list[str]) -> dict:
-    """regressor.json, checked: features, parts (equal to the model's), score_range."""
-    path = folder / REGRESSOR_JSON
-    info, source = read_json(path), str(path)
-    if require(info, "features", str, source) not in LOW_LEVEL_FEATURES:
-        raise ModelFolderError(f"{path}: features must be one of "
-                               f"{sorted(LOW_LEVEL_FEATURES)}, got {info['features']!r}")
-    if require(info, "parts", list, source) != parts:
-        raise ModelFolderError(f"{path}: the regressor reads {info['parts']}, but the "
-                               f"model holds {parts}")
-    low, high = (require(info, "score_range", list, source) + [None, None])[:2]
-    if not (len(info["score_range"]) == 2 and all(
-            isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-            for v in (low, high)) and low < high):
-        raise ModelFolderError(f"{path}: score_range must be [low, high], two finite "
-                               f"numbers with low < high, got {info['score_range']!r}")
-    return info
-
-
-def read_regressor(folder: pathlib.Path, width: int) -> RidgeRegressor:
-    """regressor.npz, checked: finite, (width,) vectors, positive scales."""
-    def check(arrays) -> RidgeRegressor:
-        for key in ("mean", "scale", "weights", "intercept", "alpha"):
-            if key not in arrays:
-                raise ValueError(f"no array {key!r}")
-            value = np.asarray(arrays[key])
-            if value.dtype.kind not in "fiu" or not np.isfinite(value).all():
-                raise ValueError(f"{key} must hold finite numbers")
-            shape = () if key in ("intercept", "alpha") else (width,)
-            if value.shape != shape:
-                raise ValueError(f"{key} has shape {list(value.shape)}, expected "
-                                 f"{list(shape)} (the encoders give {width} features)")
-        if not (np.asarray(arrays["scale"]) > 0).all():
-            raise ValueError("scale must be positive")
-        return RidgeRegressor.from_arrays(arrays)
-    return _read_npz(folder / REGRESSOR_FILE, check)

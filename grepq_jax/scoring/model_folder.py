@@ -1,0 +1,165 @@
+"""The scoring model folder's format: its file names, reading them checked,
+and adding a regressor. `grepq export` (export.py) packages a folder;
+`QualityModel.load` (quality_model.py) reads one through this module.
+
+A model folder (written by `grepq_jax.export`) holds:
+
+    model.json               {"format_version", "low_level", "high_level",
+                              "regressor"}: what is present; "zero_shot":
+                             {"patch_size", "stride"}; "pristine": {"source",
+                             "num_patches", "skipped_images"}
+    low_level/               checkpoint.write_export of {"params",
+                             "batch_stats"} and {"pathway", "model", "step"}
+    high_level/              checkpoint.write_export of {"encoder",
+                             "prompt_embeddings" (P, 2, D)} and {"pathway",
+                             "encoder" ("clip_vit" if absent, or "clip_rn50":
+                             then tree["encoder"] is {"params",
+                             "batch_stats"}), "arch", "mean", "std",
+                             "prompts", "dtype", "step"}
+    pristine_statistics.npz  PristineStatistics.to_arrays() (with low_level/)
+    regressor.npz            RidgeRegressor.to_arrays() (optional)
+    regressor.json           what the regressor reads and predicts (optional)
+"""
+import json
+import math
+import pathlib
+
+import numpy as np
+
+from grepq_jax.scoring import pristine
+from grepq_jax.scoring.encoders import LowLevelEncoder, ModelFolderError, read_json, require
+from grepq_jax.scoring.ridge import RidgeRegressor
+
+FORMAT_VERSION = 1
+MODEL_JSON = "model.json"
+LOW_LEVEL_DIR = "low_level"
+HIGH_LEVEL_DIR = "high_level"
+PRISTINE_FILE = "pristine_statistics.npz"
+REGRESSOR_FILE = "regressor.npz"
+REGRESSOR_JSON = "regressor.json"
+
+# Low-level whole-image outputs: "projection" (the 128-d head output the
+# paper's code uses) or "pooled" (the 512-d pooled encoder features).
+LOW_LEVEL_FEATURES = {"projection": "projection", "pooled": "features"}
+
+
+# Reading and checking the folder's files -------------------------------------------
+
+def read_description(folder) -> dict:
+    """model.json of a model folder, checked; ModelFolderError otherwise.
+
+    Also checks that every file it lists is present.
+    """
+    folder = pathlib.Path(folder)
+    path = folder / MODEL_JSON
+    if not path.is_file():
+        raise ModelFolderError(f"{folder} is not a model folder: no {MODEL_JSON} "
+                               "(write one with python -m grepq_jax.export)")
+    description, source = read_json(path), str(path)
+    version = require(description, "format_version", int, source)
+    if version != FORMAT_VERSION:
+        raise ModelFolderError(f"{path}: format_version {version!r}; this code "
+                               f"reads {FORMAT_VERSION}")
+    for key in ("low_level", "high_level", "regressor"):
+        require(description, key, bool, source)
+    if not (description["low_level"] or description["high_level"]):
+        raise ModelFolderError(f"{path}: lists no encoder (low_level and high_level "
+                               "are both false)")
+    if description["low_level"]:
+        settings = require(description, "zero_shot", dict, source)
+        for key in ("patch_size", "stride"):
+            require(settings, key, int, f"{source} (zero_shot)", positive=True)
+    expected = {"low_level": [LOW_LEVEL_DIR, PRISTINE_FILE],
+                "high_level": [HIGH_LEVEL_DIR],
+                "regressor": [REGRESSOR_FILE, REGRESSOR_JSON]}
+    for part, names in expected.items():
+        for name in names if description[part] else []:
+            if not (folder / name).exists():
+                raise ModelFolderError(f"{path} lists {part}, but {folder / name} "
+                                       "is missing")
+    return description
+
+
+def _read_npz(path: pathlib.Path, reader):
+    """reader(np.load(path)), with any failure as a ModelFolderError naming path."""
+    try:
+        with np.load(path, allow_pickle=False) as arrays:
+            return reader(arrays)
+    except ModelFolderError:
+        raise
+    except Exception as error:  # zipfile, numpy and our own checks' errors.
+        raise ModelFolderError(f"{path}: {_reason(error)}") from None
+
+
+def _reason(error: Exception) -> str:
+    """Our checks' messages as they are; a reader's failure with its type."""
+    if type(error) is ValueError:
+        return str(error)
+    return f"cannot read it ({type(error).__name__}: {error})"
+
+
+def read_pristine_statistics(folder: pathlib.Path, low: LowLevelEncoder,
+                             description: dict) -> pristine.PristineStatistics:
+    """The statistics, checked against the encoder and model.json."""
+    path = folder / PRISTINE_FILE
+    stats = _read_npz(path, pristine.PristineStatistics.from_arrays)
+    width = low.widths["projection"]
+    if len(stats.mu) != width:
+        raise ModelFolderError(f"{path}: mu has {len(stats.mu)} features, but the "
+                               f"low-level encoder gives {width}")
+    if stats.patch_size != description["zero_shot"]["patch_size"]:
+        raise ModelFolderError(
+            f"{path}: patch_size {stats.patch_size} differs from {folder / MODEL_JSON}'s "
+            f"zero_shot.patch_size {description['zero_shot']['patch_size']}")
+    return stats
+
+
+def read_regressor_info(folder: pathlib.Path, parts: list[str]) -> dict:
+    """regressor.json, checked: features, parts (equal to the model's), score_range."""
+    path = folder / REGRESSOR_JSON
+    info, source = read_json(path), str(path)
+    if require(info, "features", str, source) not in LOW_LEVEL_FEATURES:
+        raise ModelFolderError(f"{path}: features must be one of "
+                               f"{sorted(LOW_LEVEL_FEATURES)}, got {info['features']!r}")
+    if require(info, "parts", list, source) != parts:
+        raise ModelFolderError(f"{path}: the regressor reads {info['parts']}, but the "
+                               f"model holds {parts}")
+    low, high = (require(info, "score_range", list, source) + [None, None])[:2]
+    if not (len(info["score_range"]) == 2 and all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+            for v in (low, high)) and low < high):
+        raise ModelFolderError(f"{path}: score_range must be [low, high], two finite "
+                               f"numbers with low < high, got {info['score_range']!r}")
+    return info
+
+
+def read_regressor(folder: pathlib.Path, width: int) -> RidgeRegressor:
+    """regressor.npz, checked: finite, (width,) vectors, positive scales."""
+    def check(arrays) -> RidgeRegressor:
+        for key in ("mean", "scale", "weights", "intercept", "alpha"):
+            if key not in arrays:
+                raise ValueError(f"no array {key!r}")
+            value = np.asarray(arrays[key])
+            if value.dtype.kind not in "fiu" or not np.isfinite(value).all():
+                raise ValueError(f"{key} must hold finite numbers")
+            shape = () if key in ("intercept", "alpha") else (width,)
+            if value.shape != shape:
+                raise ValueError(f"{key} has shape {list(value.shape)}, expected "
+                                 f"{list(shape)} (the encoders give {width} features)")
+        if not (np.asarray(arrays["scale"]) > 0).all():
+            raise ValueError("scale must be positive")
+        return RidgeRegressor.from_arrays(arrays)
+    return _read_npz(folder / REGRESSOR_FILE, check)
+
+
+def write_regressor(folder, regressor: RidgeRegressor, info: dict) -> None:
+    """Adds (or replaces) the regressor of an existing model folder.
+
+    info: JSON-able; what the regressor reads and predicts (see evaluate.py).
+    """
+    folder = pathlib.Path(folder)
+    description = read_description(folder)
+    np.savez(folder / REGRESSOR_FILE, **regressor.to_arrays())
+    (folder / REGRESSOR_JSON).write_text(json.dumps(info, indent=2))
+    description["regressor"] = True
+    (folder / MODEL_JSON).write_text(json.dumps(description, indent=2))
