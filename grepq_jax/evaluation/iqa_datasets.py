@@ -13,7 +13,6 @@ FileNotFoundError saying what to put where (LAYOUTS). Nothing is written.
 
     dataset = load_iqa_dataset("koniq10k", "/data/koniq10k")
 """
-import csv
 import dataclasses
 import math
 import os
@@ -21,11 +20,9 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path, PurePosixPath, PureWindowsPath
 
 import numpy as np
-import scipy.io
 
-
-class IqaLayoutError(ValueError):
-    """A dataset file that does not match its layout; names file and row."""
+from grepq_jax.evaluation import iqa_tables
+from grepq_jax.evaluation.iqa_tables import IqaLayoutError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -243,179 +240,6 @@ class _RatedItems:
                 f"at {where}, {len(self._scores[repeated[0]])} times)",)
 
 
-def _number(text: str, where: str, what: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise IqaLayoutError(f"{where}: {what} {text!r} is not a number") \
-            from None
-    if not math.isfinite(value):
-        raise IqaLayoutError(f"{where}: {what} is {text!r}, not a finite "
-                             "number")
-    return value
-
-
-def _std(text: str, where: str) -> float | None:
-    """A standard deviation cell: None when empty or NaN, else >= 0."""
-    if text.strip().lower() in ("", "nan"):
-        return None
-    value = _number(text, where, "std")
-    if value < 0:
-        raise IqaLayoutError(f"{where}: std {text!r} is negative")
-    return value
-
-
-# A table is a list of (where, cells): where names the file and row.
-_Table = list[tuple[str, list[str]]]
-
-
-def _read_csv_table(path: Path) -> _Table:
-    table = []
-    try:
-        with open(path, newline="", encoding="utf-8-sig") as file:
-            reader = csv.reader(file)
-            for cells in reader:
-                table.append((f"{path}, line {reader.line_num}", cells))
-    except UnicodeDecodeError as error:
-        raise IqaLayoutError(f"{path}: not UTF-8 text ({error})") from None
-    except csv.Error as error:
-        raise IqaLayoutError(f"{path}, line {len(table) + 1}: {error}") \
-            from None
-    return table
-
-
-def _cell_text(value) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, float) and value.is_integer():
-        return str(int(value))  # Excel stores CSIQ's image "1600" as 1600.0.
-    return str(value)
-
-
-def _read_xlsx_table(path: Path, sheet: str | None) -> _Table:
-    try:
-        import openpyxl  # pylint: disable=import-outside-toplevel
-    except ImportError:
-        raise ImportError(
-            f"reading {path} needs openpyxl (pip install openpyxl); or save "
-            f"{'its sheet ' + repr(sheet) if sheet else 'its first sheet'} "
-            f"as CSV, as {path.with_suffix('.csv')}") from None
-    try:
-        workbook = openpyxl.load_workbook(path, read_only=True,
-                                          data_only=True)
-    except Exception as error:  # openpyxl raises many types on bad files.
-        raise IqaLayoutError(f"{path}: cannot read as .xlsx ({error})") \
-            from None
-    try:
-        if sheet is not None and sheet not in workbook.sheetnames:
-            raise IqaLayoutError(f"{path}: no sheet {sheet!r} (has "
-                                 f"{workbook.sheetnames})")
-        worksheet = workbook[sheet] if sheet else workbook.worksheets[0]
-        return [(f"{path}, row {number}", [_cell_text(v) for v in values])
-                for number, values in enumerate(
-                    worksheet.iter_rows(values_only=True), start=1)]
-    finally:
-        workbook.close()
-
-
-def _read_records(path: Path, required: Sequence[str],
-                  optional: Sequence[str] = (), *, sheet: str | None = None,
-                  ) -> list[tuple[str, dict[str, str]]]:
-    """Rows after the header of a .csv or .xlsx table as (where, record).
-
-    The header is the first row holding every `required` column name
-    (case-insensitive), so title rows above it are skipped. A record maps
-    the lower-cased names found among required + optional to stripped cell
-    text. Blank rows are skipped; in a CSV every other row must have as many
-    cells as the header.
-    """
-    is_csv = path.suffix.lower() != ".xlsx"
-    table = _read_csv_table(path) if is_csv else _read_xlsx_table(path, sheet)
-    wanted = [name.lower() for name in (*required, *optional)]
-    for index, (_, cells) in enumerate(table):
-        header = [cell.strip().lower() for cell in cells]
-        if all(name.lower() in header for name in required):
-            break
-    else:
-        first = table[0][1] if table else "none: the file is empty"
-        raise IqaLayoutError(f"{path}: no header row with the columns "
-                             f"{list(required)} (first row: {first})")
-    columns = {name: header.index(name) for name in wanted if name in header}
-    records = []
-    for where, cells in table[index + 1:]:
-        if not any(cell.strip() for cell in cells):
-            continue
-        if is_csv and len(cells) != len(header):
-            raise IqaLayoutError(f"{where}: {len(cells)} columns, but the "
-                                 f"header has {len(header)}")
-        cells = cells + [""] * (len(header) - len(cells))
-        records.append((where, {name: cells[i].strip()
-                                for name, i in columns.items()}))
-    return records
-
-
-def _read_fields(path: Path, count: int) -> list[tuple[str, list[str]]]:
-    """Whitespace-separated lines of a text file, each with `count` fields."""
-    try:
-        lines = path.read_text(encoding="utf-8-sig").splitlines()
-    except UnicodeDecodeError as error:
-        raise IqaLayoutError(f"{path}: not UTF-8 text ({error})") from None
-    rows = []
-    for number, line in enumerate(lines, start=1):
-        fields = line.split()
-        if not fields:
-            continue
-        if len(fields) != count:
-            raise IqaLayoutError(f"{path}, line {number}: {len(fields)} "
-                                 f"fields, expected {count}")
-        rows.append((f"{path}, line {number}", fields))
-    return rows
-
-
-def _mat_variable(path: Path, key: str) -> np.ndarray:
-    try:
-        contents = scipy.io.loadmat(path)
-    except Exception as error:  # scipy raises many types on bad files.
-        raise IqaLayoutError(f"{path}: cannot read as a MATLAB .mat file "
-                             f"({type(error).__name__}: {error})") from None
-    if key not in contents:
-        found = sorted(k for k in contents if not k.startswith("__"))
-        raise IqaLayoutError(f"{path}: no variable {key!r} (has {found})")
-    return contents[key]
-
-
-def _mat_numbers(path: Path, key: str) -> np.ndarray:
-    """A numeric .mat variable as a flat float64 vector."""
-    try:
-        return np.asarray(_mat_variable(path, key), np.float64).ravel()
-    except (TypeError, ValueError):
-        raise IqaLayoutError(f"{path}: variable {key!r} is not numeric") \
-            from None
-
-
-def _mat_strings(path: Path, key: str) -> list[str]:
-    """A .mat cell array of strings (any shape) as a flat list."""
-    strings = []
-    for number, cell in enumerate(
-            np.asarray(_mat_variable(path, key), dtype=object).ravel(), 1):
-        while isinstance(cell, np.ndarray):  # Cells nest 1-element arrays.
-            if cell.size != 1:
-                raise IqaLayoutError(f"{path}, entry {number} of {key!r}: "
-                                     "not a single string")
-            cell = cell.ravel()[0]
-        strings.append(str(cell))
-    return strings
-
-
-def _same_length(vectors: dict[str, Sequence], expected: int | None = None):
-    """Raises unless every vector (keyed by 'file: variable') is as long."""
-    lengths = {where: len(vector) for where, vector in vectors.items()}
-    if len(set(lengths.values())) > 1 or (
-            expected is not None and set(lengths.values()) != {expected}):
-        wanted = f" (expected {expected} each)" if expected else ""
-        raise IqaLayoutError(f"entry counts differ: {lengths}{wanted}")
-
-
 def read_koniq10k(root: str | os.PathLike, *, score_column: str = "MOS",
                   image_folder: str = "1024x768") -> IqaDataset:
     """KonIQ-10k (Hosu et al. 2020): 10,073 in-the-wild photos, MOS.
@@ -437,12 +261,12 @@ def read_koniq10k(root: str | os.PathLike, *, score_column: str = "MOS",
     path = _score_file(root, [name, f"{Path(name).stem}/{name}"], "koniq10k")
     images = _ImageFolder(root / image_folder)
     items = _RatedItems()
-    for where, row in _read_records(path, ["image_name", score_column, "SD"]):
+    for where, row in iqa_tables.read_records(path, ["image_name", score_column, "SD"]):
         items.add(where, IqaItem(
             name=row["image_name"],
             path=str(images.resolve(row["image_name"], where)),
-            score=_number(row[score_column.lower()], where, score_column),
-            std=_std(row["sd"], where) if score_column == "MOS" else None))
+            score=iqa_tables.number_cell(row[score_column.lower()], where, score_column),
+            std=iqa_tables.std_cell(row["sd"], where) if score_column == "MOS" else None))
     return IqaDataset("koniq10k", items.unique(), True, "MOS",
                       ranges[score_column])
 
@@ -464,14 +288,14 @@ def read_clive(root: str | os.PathLike, *,
     names_path = _score_file(root, ["Data/AllImages_release.mat"], "clive")
     mos_path = _score_file(root, ["Data/AllMOS_release.mat"], "clive")
     std_path = root / "Data/AllStdDev_release.mat"
-    names = _mat_strings(names_path, "AllImages_release")
-    mos = _mat_numbers(mos_path, "AllMOS_release")
+    names = iqa_tables.mat_strings(names_path, "AllImages_release")
+    mos = iqa_tables.mat_numbers(mos_path, "AllMOS_release")
     vectors = {f"{names_path}": names, f"{mos_path}": mos}
     stds = [None] * len(names)
     if std_path.is_file():
-        stds = vectors[f"{std_path}"] = _mat_numbers(std_path,
+        stds = vectors[f"{std_path}"] = iqa_tables.mat_numbers(std_path,
                                                      "AllStdDev_release")
-    _same_length(vectors)
+    iqa_tables.same_length(vectors)
     images = _ImageFolder(root / "Images")
     items = _RatedItems()
     for index, (name, score, std) in enumerate(zip(names, mos, stds)):
@@ -482,8 +306,8 @@ def read_clive(root: str | os.PathLike, *,
         where = f"{mos_path}, entry {index + 1}"
         items.add(where, IqaItem(
             name=name, path=str(images.resolve(name, where)),
-            score=_number(str(score), where, "MOS"),
-            std=None if std is None else _std(str(std), where)))
+            score=iqa_tables.number_cell(str(score), where, "MOS"),
+            std=None if std is None else iqa_tables.std_cell(str(std), where)))
     return IqaDataset("clive", items.unique(), True, "MOS", (0.0, 100.0))
 
 
@@ -499,13 +323,13 @@ def read_kadid10k(root: str | os.PathLike) -> IqaDataset:
     path = _score_file(root, ["dmos.csv"], "kadid10k")
     images = _ImageFolder(root / "images")
     items = _RatedItems()
-    for where, row in _read_records(path, ["dist_img", "ref_img", "dmos",
+    for where, row in iqa_tables.read_records(path, ["dist_img", "ref_img", "dmos",
                                            "var"]):
-        variance = _std(row["var"], where)  # Same checks: >= 0 or empty.
+        variance = iqa_tables.std_cell(row["var"], where)  # Same checks: >= 0 or empty.
         items.add(where, IqaItem(
             name=row["dist_img"],
             path=str(images.resolve(row["dist_img"], where)),
-            score=_number(row["dmos"], where, "dmos"),
+            score=iqa_tables.number_cell(row["dmos"], where, "dmos"),
             std=None if variance is None else math.sqrt(variance),
             reference=row["ref_img"]))
     return IqaDataset("kadid10k", items.unique(), True, "DMOS", (1.0, 5.0))
@@ -518,13 +342,13 @@ def _flive_splits(root: Path) -> dict[str, str]:
     if not (test_path.is_file() and valid_path.is_file()):
         return {}
     splits = {}
-    for where, row in _read_records(valid_path, ["name_image", "is_valid"]):
+    for where, row in iqa_tables.read_records(valid_path, ["name_image", "is_valid"]):
         if row["is_valid"].lower() not in ("true", "false", "1", "0"):
             raise IqaLayoutError(f"{where}: is_valid {row['is_valid']!r} is "
                                  "not true/false")
         if row["is_valid"].lower() in ("true", "1"):
             splits[row["name_image"]] = "validation"
-    for _, row in _read_records(test_path, ["name_image"]):
+    for _, row in iqa_tables.read_records(test_path, ["name_image"]):
         splits[row["name_image"]] = "test"
     return splits
 
@@ -544,10 +368,10 @@ def read_flive(root: str | os.PathLike) -> IqaDataset:
     splits = _flive_splits(root)
     images = _ImageFolder(root)
     items = _RatedItems()
-    for where, row in _read_records(path, ["name", "mos"]):
+    for where, row in iqa_tables.read_records(path, ["name", "mos"]):
         items.add(where, IqaItem(
             name=row["name"], path=str(images.resolve(row["name"], where)),
-            score=_number(row["mos"], where, "mos"),
+            score=iqa_tables.number_cell(row["mos"], where, "mos"),
             split=splits.get(row["name"], "train") if splits else None))
     return IqaDataset("flive", items.unique(), True, "MOS", (0.0, 100.0))
 
@@ -566,11 +390,11 @@ def read_spaq(root: str | os.PathLike) -> IqaDataset:
     path = _score_file(root, [f"{stem}.csv", f"{stem}.xlsx"], "spaq")
     images = _ImageFolder(root / "TestImage")
     items = _RatedItems()
-    for where, row in _read_records(path, ["Image name", "MOS"]):
+    for where, row in iqa_tables.read_records(path, ["Image name", "MOS"]):
         items.add(where, IqaItem(
             name=row["image name"],
             path=str(images.resolve(row["image name"], where)),
-            score=_number(row["mos"], where, "MOS")))
+            score=iqa_tables.number_cell(row["mos"], where, "MOS")))
     return IqaDataset("spaq", items.unique(), True, "MOS", (0.0, 100.0))
 
 
@@ -592,10 +416,10 @@ def read_agiqa3k(root: str | os.PathLike, *,
     images = _ImageFolder(root / "AGIQA-3K")
     mos, std = f"mos_{aspect}", f"std_{aspect}"
     items = _RatedItems()
-    for where, row in _read_records(path, ["name", mos, std]):
+    for where, row in iqa_tables.read_records(path, ["name", mos, std]):
         items.add(where, IqaItem(
             name=row["name"], path=str(images.resolve(row["name"], where)),
-            score=_number(row[mos], where, mos), std=_std(row[std], where)))
+            score=iqa_tables.number_cell(row[mos], where, mos), std=iqa_tables.std_cell(row[std], where)))
     return IqaDataset("agiqa3k", items.unique(), True, "MOS", (0.0, 5.0))
 
 
@@ -609,24 +433,24 @@ _CSIQ_TYPES = {"noise": ("awgn", "AWGN"), "jpeg": ("jpeg", "JPEG"),
 def _csiq_rows(path: Path) -> Iterable[tuple]:
     """(where, reference, distorted name, dmos, std) from any score file."""
     if path.suffix == ".txt":
-        for where, (name, dmos) in _read_fields(path, 2):
-            yield where, name.split(".")[0], name, _number(dmos, where,
+        for where, (name, dmos) in iqa_tables.read_fields(path, 2):
+            yield where, name.split(".")[0], name, iqa_tables.number_cell(dmos, where,
                                                            "dmos"), None
         return
-    records = _read_records(path, ["image", "dst_type", "dst_lev", "dmos"],
+    records = iqa_tables.read_records(path, ["image", "dst_type", "dst_lev", "dmos"],
                             ["dmos_std"], sheet="all_by_image")
     for where, row in records:
         if row["dst_type"].lower() not in _CSIQ_TYPES:
             raise IqaLayoutError(f"{where}: unknown dst_type "
                                  f"{row['dst_type']!r}")
         token = _CSIQ_TYPES[row["dst_type"].lower()][1]
-        level = _number(row["dst_lev"], where, "dst_lev")
+        level = iqa_tables.number_cell(row["dst_lev"], where, "dst_lev")
         if not level.is_integer():
             raise IqaLayoutError(f"{where}: dst_lev {row['dst_lev']!r} is not "
                                  "a whole number")
         name = f"{row['image']}.{token}.{int(level)}.png"
-        yield (where, row["image"], name, _number(row["dmos"], where, "dmos"),
-               _std(row.get("dmos_std", ""), where))
+        yield (where, row["image"], name, iqa_tables.number_cell(row["dmos"], where, "dmos"),
+               iqa_tables.std_cell(row.get("dmos_std", ""), where))
 
 
 def read_csiq(root: str | os.PathLike) -> IqaDataset:
@@ -681,16 +505,16 @@ def read_live(root: str | os.PathLike, *,
     refs_path = _score_file(root, ["refnames_all.mat"], "live")
     dmos_path = _score_file(
         root, ["dmos_realigned.mat" if realigned else "dmos.mat"], "live")
-    references = _mat_strings(refs_path, "refnames_all")
-    dmos = _mat_numbers(dmos_path, "dmos_new" if realigned else "dmos")
-    orgs = _mat_numbers(dmos_path, "orgs")
+    references = iqa_tables.mat_strings(refs_path, "refnames_all")
+    dmos = iqa_tables.mat_numbers(dmos_path, "dmos_new" if realigned else "dmos")
+    orgs = iqa_tables.mat_numbers(dmos_path, "orgs")
     vectors = {f"{refs_path}: refnames_all": references,
                f"{dmos_path}: scores": dmos, f"{dmos_path}: orgs": orgs}
     stds = [None] * len(dmos)
     if realigned:
-        stds = vectors[f"{dmos_path}: dmos_std"] = _mat_numbers(dmos_path,
+        stds = vectors[f"{dmos_path}: dmos_std"] = iqa_tables.mat_numbers(dmos_path,
                                                                 "dmos_std")
-    _same_length(vectors, expected=sum(count for _, count in _LIVE_FOLDERS))
+    iqa_tables.same_length(vectors, expected=sum(count for _, count in _LIVE_FOLDERS))
     names = [f"{folder}/img{k}.bmp" for folder, count in _LIVE_FOLDERS
              for k in range(1, count + 1)]
     images = _ImageFolder(root)
@@ -705,8 +529,8 @@ def read_live(root: str | os.PathLike, *,
         std = stds[index]
         items.add(where, IqaItem(
             name=name, path=str(images.resolve(name, where)),
-            score=_number(str(dmos[index]), where, "DMOS"),
-            std=None if std is None else _std(str(std), where),
+            score=iqa_tables.number_cell(str(dmos[index]), where, "DMOS"),
+            std=None if std is None else iqa_tables.std_cell(str(std), where),
             reference=references[index]))
     return IqaDataset("live", items.unique(), False, "DMOS", (0.0, 100.0))
 
@@ -721,17 +545,17 @@ def read_tid2013(root: str | os.PathLike) -> IqaDataset:
     """
     root = _dataset_folder(root, "tid2013")
     path = _score_file(root, ["mos_with_names.txt"], "tid2013")
-    rows = _read_fields(path, 2)
+    rows = iqa_tables.read_fields(path, 2)
     std_path = root / "mos_std.txt"
-    stds = ([fields[0] for _, fields in _read_fields(std_path, 1)]
+    stds = ([fields[0] for _, fields in iqa_tables.read_fields(std_path, 1)]
             if std_path.is_file() else [""] * len(rows))
-    _same_length({f"{path}": rows, f"{std_path}": stds})
+    iqa_tables.same_length({f"{path}": rows, f"{std_path}": stds})
     images = _ImageFolder(root / "distorted_images")
     items = _RatedItems()
     for (where, (mos, name)), std in zip(rows, stds):
         items.add(where, IqaItem(
             name=name, path=str(images.resolve(name, where)),
-            score=_number(mos, where, "MOS"), std=_std(std, where),
+            score=iqa_tables.number_cell(mos, where, "MOS"), std=iqa_tables.std_cell(std, where),
             reference=name[:3].upper()))
     return IqaDataset("tid2013", items.unique(), True, "MOS", (0.0, 9.0))
 
@@ -747,7 +571,7 @@ _CSV_REFERENCE_COLUMNS = ("reference", "ref", "ref_img", "ref_name",
 
 
 def _csv_header(path: Path) -> list[str]:
-    table = _read_csv_table(path)
+    table = iqa_tables.read_csv_table(path)
     if not table:
         raise IqaLayoutError(f"{path}: the file is empty")
     return [cell.strip().lower() for cell in table[0][1]]
@@ -818,12 +642,12 @@ def read_generic_csv(root: str | os.PathLike, *,
     items = _RatedItems(average=duplicates == "average",
                         hint=', or pass duplicates="average" to average them')
     std, split, reference = optional.values()
-    for where, row in _read_records(path, [image, score],
+    for where, row in iqa_tables.read_records(path, [image, score],
                                     [c for c in optional.values() if c]):
         items.add(where, IqaItem(
             name=row[image], path=str(images.resolve(row[image], where)),
-            score=_number(row[score], where, score),
-            std=_std(row[std], where) if std else None,
+            score=iqa_tables.number_cell(row[score], where, score),
+            std=iqa_tables.std_cell(row[std], where) if std else None,
             split=(row[split] or None) if split else None,
             reference=(row[reference] or None) if reference else None))
     rated = items.unique()
