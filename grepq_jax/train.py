@@ -176,23 +176,23 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
         )
     step_fn = make_step_fn(pathway.objective, optimizer, mesh)
     start = int(state.step)
-    batches = pathway.dataset.iterate(
-        start,
-        total_steps - start,
-        config.batch_size,
-        prefetch=config.data.prefetch,
-        workers=config.data.workers,
-        process_index=jax.process_index(),
-        process_count=jax.process_count(),
-    )
-    reporter = progress.ProgressReporter(
-        str(workdir / "tensorboard"),
-        total_steps=total_steps,
-        start_step=start,
-        images_per_step=config.batch_size * pathway.images_per_example,
-    )
     stop_signal = distributed.StopSignal()
     try:
+        batches = pathway.dataset.iterate(
+            start,
+            total_steps - start,
+            config.batch_size,
+            prefetch=config.data.prefetch,
+            workers=config.data.workers,
+            process_index=jax.process_index(),
+            process_count=jax.process_count(),
+        )
+        reporter = progress.ProgressReporter(
+            str(workdir / "tensorboard"),
+            total_steps=total_steps,
+            start_step=start,
+            images_per_step=config.batch_size * pathway.images_per_example,
+        )
         with contextlib.closing(batches), contextlib.closing(reporter):
             state, finished = run_steps(
                 state,
