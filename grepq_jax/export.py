@@ -8,7 +8,7 @@ statistics once with the low-level encoder (from --pristine, a folder of
 pristine images, --pristine_patches, the original GRepQ's patch file, or by
 default the embedded photographs), and writes model.json last. Either
 encoder may be left out. The layout is described in
-grepq_jax/scoring/quality_model.py; `python -m grepq_jax.evaluate
+grepq_jax/scoring/model_folder.py; `python -m grepq_jax.evaluate
 --fit_regressor_into_model` adds a regressor later. Nothing is written
 outside --out, which must be new or empty.
 """
