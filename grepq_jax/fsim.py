@@ -176,12 +176,15 @@ def _noise_scale(filters: np.ndarray) -> np.ndarray:
     it into a Rayleigh-distributed noise energy whose mean + k sigma, over 1.7,
     is the threshold.
     """
-    height, width = filters.shape[-2:]
-    spatial = np.fft.ifft2(filters).real * math.sqrt(height * width)
+    # Sums of products of the spatial filters, real(ifft2(filter)) * sqrt(h w),
+    # by Parseval in the frequency domain, where the real part's transform is
+    # the filter's Hermitian-symmetric part (f[k] + f[-k]) / 2: no transforms.
+    mirrored = np.roll(filters[..., ::-1, ::-1], 1, axis=(-2, -1))
+    symmetric = (filters + mirrored) / 2
     finest_energy = np.sum(filters[:, 0] ** 2, axis=(-2, -1))
-    auto = np.sum(spatial**2, axis=(1, 2, 3))
+    auto = np.sum(symmetric**2, axis=(1, 2, 3))
     cross = sum(
-        np.sum(spatial[:, s] * spatial[:, t], axis=(-2, -1))
+        np.sum(symmetric[:, s] * symmetric[:, t], axis=(-2, -1))
         for s in range(_SCALES)
         for t in range(s + 1, _SCALES)
     )
