@@ -183,8 +183,8 @@ class HighLevelDataset(step_dataset.StepDataset):
     def _row(self, step: int, slot: int) -> dict[str, np.ndarray]:
         _, image = self._load(
             self._item(slot),
-            [source.label for source in self._sources],
             lambda index: self._sources[index].read(),
+            lambda index: self._sources[index].label,
         )
         image = fragments.upsample_to_cover(image[None], self._size)[0]
         height, width = image.shape[:2]

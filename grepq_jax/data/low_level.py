@@ -284,5 +284,6 @@ class LowLevelDataset(step_dataset.StepDataset):
                 "sim": self._similarities[group]}
 
     def _usable_versions(self, group: int) -> tuple[int, np.ndarray]:
-        return self._load(group, [g.label for g in self._groups],
-                          lambda index: self._decoded.get(index, self._groups[index].build))
+        return self._load(
+            group, lambda index: self._decoded.get(index, self._groups[index].build),
+            lambda index: self._groups[index].label)

@@ -9,7 +9,7 @@ the next item when a file broke after the scan.
 """
 
 import functools
-from typing import Callable, Iterator, Sequence, TypeVar
+from typing import Callable, Iterator, TypeVar
 
 from absl import logging
 import ml_collections
@@ -91,8 +91,8 @@ class StepDataset:
         order = stream.epoch_order([self._seed, _ORDER_STREAM], epoch, self._count)
         return int(order[position])
 
-    def _load(self, index: int, labels: Sequence[str],
-              load: Callable[[int], Loaded]) -> tuple[int, Loaded]:
+    def _load(self, index: int, load: Callable[[int], Loaded],
+              label: Callable[[int], str]) -> tuple[int, Loaded]:
         """(index, load(index)), or the next item's when that file broke since
         the scan: a warning, not a stopped run."""
         for attempt in range(self._count):
@@ -101,5 +101,5 @@ class StepDataset:
                 return current, load(current)
             except images.UnusableImageError as error:
                 logging.warning("%s became unusable after the scan (%s); using "
-                                "the next one instead.", labels[current], error)
+                                "the next one instead.", label(current), error)
         raise RuntimeError("every image became unusable after the scan")
