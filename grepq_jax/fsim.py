@@ -127,7 +127,7 @@ def _centred_frequencies(n: int) -> np.ndarray:
 
 
 @functools.lru_cache(maxsize=32)
-def _log_gabor_bank(height: int, width: int):
+def log_gabor_bank(height: int, width: int):
     """Frequency-domain filters and noise constants for an h x w luminance.
 
     Returns:
@@ -176,12 +176,15 @@ def _noise_scale(filters: np.ndarray) -> np.ndarray:
     it into a Rayleigh-distributed noise energy whose mean + k sigma, over 1.7,
     is the threshold.
     """
-    height, width = filters.shape[-2:]
-    spatial = np.fft.ifft2(filters).real * math.sqrt(height * width)
+    # Sums of products of the spatial filters, real(ifft2(filter)) * sqrt(h w),
+    # by Parseval in the frequency domain, where the real part's transform is
+    # the filter's Hermitian-symmetric part (f[k] + f[-k]) / 2: no transforms.
+    mirrored = np.roll(filters[..., ::-1, ::-1], 1, axis=(-2, -1))
+    symmetric = (filters + mirrored) / 2
     finest_energy = np.sum(filters[:, 0] ** 2, axis=(-2, -1))
-    auto = np.sum(spatial**2, axis=(1, 2, 3))
+    auto = np.sum(symmetric**2, axis=(1, 2, 3))
     cross = sum(
-        np.sum(spatial[:, s] * spatial[:, t], axis=(-2, -1))
+        np.sum(symmetric[:, s] * symmetric[:, t], axis=(-2, -1))
         for s in range(_SCALES)
         for t in range(s + 1, _SCALES)
     )
@@ -223,8 +226,11 @@ def _median_search_plan(width: int):
     return field_bits, cuts, steps
 
 
-def _lower_median(values: jax.Array) -> jax.Array:
+def _lower_median(values: jax.Array, count: jax.Array | None = None) -> jax.Array:
     """torch.median over the last two axes: the lower middle value, (...,).
+
+    `count` (..., int32), when given, says how many values are real: the rest
+    must be +inf (padding), which never counts below a cut.
 
     Exact selection by search on the int32 view of the floats (which orders
     values >= 0 as the floats do), because sorting is very slow on XLA:CPU.
@@ -233,7 +239,9 @@ def _lower_median(values: jax.Array) -> jax.Array:
     the gradient goes to the element(s) equal to the median.
     """
     height, width = values.shape[-2:]
-    count_needed = (height * width - 1) // 2 + 1
+    if count is None:
+        count = height * width
+    count_needed = (count - 1) // 2 + 1
     field_bits, num_cuts, steps = _median_search_plan(width)
     field_mask = (1 << field_bits) - 1
     bits = jax.lax.bitcast_convert_type(jax.lax.stop_gradient(values), jnp.int32)
@@ -287,10 +295,32 @@ def _phase_energy(even: list, odd: list) -> jax.Array:
 
 def _phase_congruency(luma: jax.Array) -> jax.Array:
     """Kovesi's PC_2 phase congruency of one (h, w) luminance on 0-255."""
-    filters, noise_scale = _log_gabor_bank(*luma.shape)
+    filters, noise_scale = log_gabor_bank(*luma.shape)
     responses = jnp.fft.ifft2(jnp.fft.fft2(luma) * filters)  # (O, S, h, w)
+    return congruency_of_responses(responses, noise_scale)
+
+
+def congruency_of_responses(
+    responses: jax.Array, noise_scale: jax.Array, count: jax.Array | None = None
+) -> jax.Array:
+    """Phase congruency from one image's log-Gabor responses.
+
+    Args:
+      responses: (O, S, a, b) complex64, the filtered luminance (any 2-D
+        arrangement of its pixels: only per-pixel values and sums matter).
+      noise_scale: (O,) float32 from `log_gabor_bank`.
+      count: the number of real pixels when the rest is zero padding at the
+        end; None when all are real. Padded pixels come out as 1 (0 / 0
+        guarded by eps): mask them.
+
+    Returns:
+      (a, b) float32 phase congruency.
+    """
     finest_power = responses[:, 0].real ** 2 + responses[:, 0].imag ** 2
-    thresholds = noise_scale * _safe_sqrt(_lower_median(finest_power))
+    if count is not None:  # Padding sits above every real value.
+        real = jnp.arange(finest_power[0].size).reshape(finest_power.shape[1:]) < count
+        finest_power = jnp.where(real, finest_power, jnp.inf)
+    thresholds = noise_scale * _safe_sqrt(_lower_median(finest_power, count))
     # Explicit slices and sums rather than axis reductions: XLA:CPU fuses them
     # into one vectorised loop, about 7x faster than reducing over (O, S).
     energy = amplitude = 0.0
@@ -489,6 +519,16 @@ def fsim_matrix(
         chromatic=chromatic,
     )
     features = jax.tree.map(lambda t: t.reshape(groups, count, *t.shape[1:]), features)
+    return matrix_from_features(features)
+
+
+def matrix_from_features(features: FsimFeatures) -> jax.Array:
+    """(G, V, V) FSIM matrices of features with leading dimensions (G, V).
+
+    Maps may be zero outside the image (phase congruency zero there weighs
+    nothing), so padded groups give their exact scores.
+    """
+    count = features.valid.shape[1]
     rows, cols = np.triu_indices(count, k=1)
     scores = _upper_triangle_scores(features)
     diagonal = jnp.where(features.valid, 1.0, jnp.nan)

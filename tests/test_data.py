@@ -20,6 +20,7 @@ from grepq_jax import distortions
 from grepq_jax import fsim
 from grepq_jax.data import corpus
 from grepq_jax.data import fragments
+from grepq_jax.data import fsim_labels
 from grepq_jax.data import images
 from grepq_jax.data import low_level
 from grepq_jax.data import stream
@@ -52,11 +53,26 @@ class FakeFsim:
         means = jnp.mean(versions, axis=(2, 3, 4))
         return 1 - jnp.abs(means[:, :, None] - means[:, None, :])
 
+    def MatrixStream(self, *, data_range=1.0, chromatic=True):
+        """The label pass's entry point (`fsim_bucketed.MatrixStream`)."""
+        fake = self
+
+        class Stream:
+            def add(self, key, versions):
+                versions = np.asarray(versions, np.float32)[None] / data_range
+                return [(key, np.asarray(fake.fsim_matrix(versions))[0])]
+
+            def finish(self):
+                return []
+
+        return Stream()
+
 
 @pytest.fixture
 def fake_fsim(monkeypatch):
     fake = FakeFsim()
-    monkeypatch.setattr(low_level, "fsim", fake)
+    monkeypatch.setattr(fsim_labels, "fsim", fake)
+    monkeypatch.setattr(fsim_labels, "fsim_bucketed", fake)
     return fake
 
 

@@ -10,13 +10,13 @@ stays bounded.
 
 Each example is a crop of `image_size` pixels, normalised with CLIP's own
 mean and std; images shorter than the crop are upsampled first. Batches are a
-pure function of (seed, step), like the low-level stream.
+pure function of (seed, step), as step_dataset.py says.
 """
 
 import dataclasses
 import functools
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable
 
 from absl import logging
 import ml_collections
@@ -25,10 +25,10 @@ import numpy as np
 from grepq_jax.data import corpus
 from grepq_jax.data import fragments
 from grepq_jax.data import images
-from grepq_jax.data import stream
+from grepq_jax.data import step_dataset
 
 CROPS = ("random", "center")
-_ORDER_STREAM, _CROP_STREAM = 1, 2
+_CROP_STREAM = 2  # The epoch order's stream is step_dataset's, 1.
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,7 +43,7 @@ def _reference_sources(
     sizes = dict(min_side=config.min_side, max_side=config.max_side)
     if not config.path:
         return [
-            _Source(name, functools.partial(_embedded, name, **sizes))
+            _Source(name, functools.partial(step_dataset.embedded_image, name, **sizes))
             for name in corpus.EMBEDDED_PHOTOGRAPHS
         ], []
     root = Path(config.path)
@@ -62,14 +62,6 @@ def _reference_sources(
         _Source(str(path), functools.partial(images.load_image, path, **sizes))
         for path in paths
     ], skipped
-
-
-def _embedded(name: str, *, min_side: int, max_side: int) -> np.ndarray:
-    return images.fit_size(
-        corpus.load_embedded_photograph(name),
-        min_side=min_side,
-        max_side=max_side,
-    )
 
 
 def _predistorted_references(root: Path):
@@ -102,9 +94,7 @@ def _check_config(config: ml_collections.ConfigDict):
         raise ValueError(
             f"data.crop must be one of {CROPS}, got " f"{config.crop!r}"
         )
-    if config.prefetch < 0:
-        raise ValueError(f"data.prefetch must be >= 0, got {config.prefetch}")
-    stream.resolve_workers(config.workers)
+    step_dataset.check_loader_fields(config)
 
 
 def create_high_level_dataset(
@@ -158,8 +148,9 @@ def create_high_level_dataset(
     )
 
 
-class HighLevelDataset:
-    """Batches of normalised crops.
+class HighLevelDataset(step_dataset.StepDataset):
+    """Batches of normalised crops: `batch(step, batch_size, ...)` returns
+    {"image": (b, S, S, 3) float32}, S = image_size, this process's rows.
 
     Attributes:
       num_images: usable images.
@@ -177,7 +168,7 @@ class HighLevelDataset:
         std,
         crop: str,
     ):
-        self.num_images = len(sources)
+        self.num_images = self._count = len(sources)
         self.skipped = skipped
         self._sources = sources
         self._seed = seed
@@ -186,62 +177,15 @@ class HighLevelDataset:
         self._std = np.asarray(std, np.float32)
         self._random_crop = crop == "random"
 
-    def batch(
-        self,
-        step: int,
-        batch_size: int,
-        *,
-        process_index: int = 0,
-        process_count: int = 1,
-    ) -> dict[str, np.ndarray]:
-        """This process's rows of the global batch for `step`.
+    def _empty_batch(self) -> dict[str, np.ndarray]:
+        return {"image": np.zeros((0, self._size, self._size, 3), np.float32)}
 
-        Returns {"image": (b, S, S, 3) float32}, normalised, S = image_size.
-        """
-        first = process_index * batch_size // process_count
-        last = (process_index + 1) * batch_size // process_count
-        crops = [
-            self._crop(step, step * batch_size + row)
-            for row in range(first, last)
-        ]
-        return {
-            "image": (
-                np.stack(crops)
-                if crops
-                else np.zeros((0, self._size, self._size, 3), np.float32)
-            )
-        }
-
-    def iterate(
-        self,
-        start_step: int,
-        num_steps: int,
-        batch_size: int,
-        *,
-        prefetch: int = 2,
-        workers: int = 0,
-        process_index: int = 0,
-        process_count: int = 1,
-    ) -> Iterator[tuple[int, dict[str, np.ndarray]]]:
-        """Yields (step, batch(step)) for num_steps steps from start_step,
-        made ahead as `stream.make_batches` says."""
-        make_batch = functools.partial(
-            self.batch,
-            batch_size=batch_size,
-            process_index=process_index,
-            process_count=process_count,
+    def _row(self, step: int, slot: int) -> dict[str, np.ndarray]:
+        _, image = self._load(
+            self._item(slot),
+            lambda index: self._sources[index].read(),
+            lambda index: self._sources[index].label,
         )
-        steps = range(start_step, start_step + num_steps)
-        return stream.make_batches(
-            steps, make_batch, prefetch=prefetch, workers=workers
-        )
-
-    def _crop(self, step: int, slot: int) -> np.ndarray:
-        epoch, position = divmod(slot, self.num_images)
-        order = stream.epoch_order(
-            [self._seed, _ORDER_STREAM], epoch, self.num_images
-        )
-        image = self._read(int(order[position]))
         image = fragments.upsample_to_cover(image[None], self._size)[0]
         height, width = image.shape[:2]
         if self._random_crop:
@@ -251,20 +195,4 @@ class HighLevelDataset:
         else:
             top, left = (height - self._size) // 2, (width - self._size) // 2
         crop = image[top : top + self._size, left : left + self._size]
-        return (crop - self._mean) / self._std
-
-    def _read(self, index: int) -> np.ndarray:
-        """The image; one that broke since the scan is replaced by the next,
-        with a warning, rather than stopping the run."""
-        for attempt in range(self.num_images):
-            source = self._sources[(index + attempt) % self.num_images]
-            try:
-                return source.read()
-            except images.UnusableImageError as error:
-                logging.warning(
-                    "%s became unusable after the scan (%s); "
-                    "using the next image instead.",
-                    source.label,
-                    error,
-                )
-        raise RuntimeError("every image became unusable after the scan")
+        return {"image": (crop - self._mean) / self._std}
