@@ -271,6 +271,8 @@ def main() -> None:
                         help="Folder holding basicsr-1.4.2.tar.gz (see niqe_peer.py).")
     parser.add_argument("--max_side", type=int, default=256)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--images", type=int, default=len(HELD_OUT),
+                        help="Use the first N held-out photographs (fewer: faster).")
     parser.add_argument("--quick", action="store_true", help="2 images, 2 families.")
     args = parser.parse_args()
 
@@ -301,7 +303,7 @@ def main() -> None:
         print(f"NIQE row skipped: {error}", file=sys.stderr)
     methods["FSIMc (full reference)"] = fsim_method()
 
-    names = list(HELD_OUT)[:2] if args.quick else list(HELD_OUT)
+    names = list(HELD_OUT)[:2 if args.quick else args.images]
     families = {**UNSEEN, **TRAINING}
     if args.quick:
         families = {name: families[name] for name in ("jpeg2000", "jpeg")}
