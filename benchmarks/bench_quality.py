@@ -276,6 +276,12 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="2 images, 2 families.")
     args = parser.parse_args()
 
+    extra = {}
+    for item in args.model:
+        label, _, folder = item.partition("=")
+        if not (label and folder and (pathlib.Path(folder) / "model.json").is_file()):
+            parser.error(f"--model={item}: expected LABEL=DIR, DIR a model folder")
+        extra[label] = pathlib.Path(folder)
     out = pathlib.Path(args.out).absolute()
     (out / "models").mkdir(parents=True, exist_ok=True)
     folders = {
@@ -290,11 +296,7 @@ def main() -> None:
         paper = pathlib.Path(args.paper_workdir or out / "runs" / "paper").absolute()
         folders[":paper"] = model_folder(
             trained_export(paper, "configs/low_level.py:paper"), out / "models" / "paper")
-    for item in args.model:
-        label, _, folder = item.partition("=")
-        if not folder:
-            parser.error(f"--model={item}: expected LABEL=DIR")
-        folders[label] = pathlib.Path(folder)
+    folders.update(extra)
 
     methods = {label: grepq_method(folder) for label, folder in folders.items()}
     try:
