@@ -46,8 +46,11 @@ as in /work/venv-ref, and the basicsr sdist in --niqe_cache):
     pip download basicsr==1.4.2 --no-deps --no-binary :all: -d ~/.cache/basicsr
     nice -n 10 python benchmarks/bench_quality.py --niqe_cache=~/.cache/basicsr
 
-About 25 minutes on 2 shared CPU cores, training included (the default job,
-the untrained export, the :paper run); --quick: 2 images, 2 families.
+Measured on 2 heavily shared CPU cores (load 6-12), trained models given:
+--images=3 scored in 135 s per model row, 32 s for NIQE and 844 s for FSIMc
+(then eager; now jitted, about 10x less); all 8 images take about 2.7x
+that. Training what is missing adds the default job (~7 min on idle cores),
+the 0-epoch export and the :paper run. --quick: 2 images, 2 families.
 """
 
 import argparse
