@@ -24,6 +24,12 @@ The exit code is 0 if every file was scored, 1 if any failed (or none was
 found), 2 for bad flags or an unusable model folder. --json writes the same
 rows as a JSON array. A progress bar goes to stderr.
 
+--maps=DIR also writes, per scored image, DIR/NAME.png: the image beside a
+map of where it looks damaged (each low-level patch's distance to the
+pristine Gaussian, with a colour bar; `Scorer.quality_map` gives the array).
+NAME is the file's stem (NAME-2, NAME-3... when stems repeat). Making a map
+reads the image and runs the low-level encoder a second time.
+
 Memory: with the low-level score alone each image is held as its file's
 pixels (uint8: 3 bytes a pixel) and made float one chunk of patches at a
 time; whole-image encoders take batches of at most --batch_size images and
@@ -60,7 +66,7 @@ from PIL import Image, ImageOps
 import tqdm
 
 from grepq_jax import cli
-from grepq_jax.scoring import zero_shot
+from grepq_jax.scoring import quality_map, zero_shot
 from grepq_jax.scoring import quality_model as qm
 from grepq_jax.data import images
 
@@ -191,6 +197,18 @@ class Scorer:
             raise ValueError(f"{describe(image)}: {result.error}")
         return result.score
 
+    def quality_map(self, image) -> np.ndarray:
+        """Where one path, PIL image or array looks damaged: (H, W) float64, at
+        each pixel the mean distance of the low-level patches covering it to
+        the pristine Gaussian (higher is worse; NaN at the uncovered right and
+        bottom edges). Raises ValueError if it cannot be made (no low-level
+        encoder, an unreadable or too small image).
+        """
+        try:
+            return self.model.quality_map(as_pixels(image, max_pixels=self.max_pixels))
+        except ValueError as error:
+            raise ValueError(f"{describe(image)}: {error}") from error
+
     def score_many(self, sources: Iterable) -> Iterator[ScoreResult]:
         """ScoreResult per source, in order, reading each lazily (bounded memory).
 
@@ -279,6 +297,9 @@ _MAX_PIXELS = flags.DEFINE_integer(
     "max_pixels", images.MAX_PIXELS, "Refuse (with an error row) images with more "
     "pixels; default and most: Pillow's decompression-bomb limit.", lower_bound=1,
     upper_bound=images.MAX_PIXELS, flag_values=FLAGS)
+_MAPS = flags.DEFINE_string(
+    "maps", None, "Also write a quality map (PNG) per scored image into this folder "
+    "(made if missing); needs a low-level encoder.", flag_values=FLAGS)
 _CHUNK = flags.DEFINE_integer("chunk", 64, "Low-level patches through the encoder at once.",
                               lower_bound=1, flag_values=FLAGS)
 
@@ -338,10 +359,45 @@ def _write(file, text: str) -> None:
     file.flush()
 
 
+class MapWriter:
+    """Writes `folder`/NAME.png, a quality map per image, NAME its file's stem
+    made unique in the folder (NAME-2, ...); never overwrites a file."""
+
+    def __init__(self, scorer: Scorer, folder):
+        if scorer.model.low_level is None:
+            raise ValueError("--maps needs a model with a low-level encoder; this one "
+                             f"holds {scorer.model.parts}")
+        self.scorer, self.folder = scorer, pathlib.Path(folder)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.failed = 0
+
+    def _free_path(self, source) -> pathlib.Path:
+        stem = pathlib.Path(os.fsdecode(source)).stem or "image"
+        for number in range(1, 1 << 20):
+            path = self.folder / (f"{stem}.png" if number == 1 else f"{stem}-{number}.png")
+            if not path.exists():
+                return path
+        raise OSError(f"no free name for {stem}.png in {self.folder}")
+
+    def write(self, result: ScoreResult) -> None:
+        """The map of a scored image; a failure is reported on stderr and counted."""
+        try:
+            distance_map = self.scorer.quality_map(result.source)
+            pixels = as_pixels(result.source, max_pixels=self.scorer.max_pixels)
+            title = f"{describe(result.source)}: {result.score:.4f} ({self.scorer.mode})"
+            quality_map.write_map_png(self._free_path(result.source), pixels,
+                                      distance_map, title)
+        except (ValueError, OSError) as error:
+            self.failed += 1
+            print(f"no map for {describe(result.source)}: {printable(str(error))}",
+                  file=sys.stderr)
+
+
 def score_paths(scorer: Scorer, paths: list[str], csv_file, json_file=None, *,
-                progress: bool = True, skips: images.WalkSkips | None = None
-                ) -> tuple[int, int]:
-    """Writes a row per image of `paths`; returns (scored, failed).
+                progress: bool = True, skips: images.WalkSkips | None = None,
+                maps: MapWriter | None = None) -> tuple[int, int]:
+    """Writes a row per image of `paths` (and its map, with `maps`);
+    returns (scored, failed).
 
     What the folder walks pass over is counted in `skips`.
     """
@@ -353,6 +409,8 @@ def score_paths(scorer: Scorer, paths: list[str], csv_file, json_file=None, *,
                        file=sys.stderr) as bar:
             for result in scorer.score_many(iter_image_paths(paths, skips)):
                 writer.write(result)
+                if maps is not None and result.error is None:
+                    maps.write(result)
                 scored += result.error is None
                 failed += result.error is not None
                 bar.update()
@@ -401,6 +459,12 @@ def main(argv: list[str]) -> int:
               file=sys.stderr)
         return 2
     try:
+        maps = MapWriter(scorer, cli.absolute(_MAPS.value)) if _MAPS.value else None
+    except (ValueError, OSError) as error:
+        print(f"cannot write maps into {_MAPS.value}: {printable(str(error))}",
+              file=sys.stderr)
+        return 2
+    try:
         out, json_file = _open_outputs()
     except OSError as error:
         print(f"cannot write the output: {printable(str(error))}", file=sys.stderr)
@@ -409,7 +473,8 @@ def main(argv: list[str]) -> int:
           f"scores in {scorer.score_range}, higher is better", file=sys.stderr)
     skips = images.WalkSkips()
     try:
-        scored, failed = score_paths(scorer, paths, out, json_file, skips=skips)
+        scored, failed = score_paths(scorer, paths, out, json_file, skips=skips,
+                                     maps=maps)
     except BrokenPipeError:
         raise  # cli.run ends quietly: the reader (`| head`) has gone.
     except OSError as error:  # Disk full and the like: the rows so far are kept.
@@ -421,7 +486,11 @@ def main(argv: list[str]) -> int:
         print(f"not scored: {printable(line)}", file=sys.stderr)
     print(f"scored {scored} image(s); {failed} failed (see the error column)",
           file=sys.stderr)
-    return 1 if failed or not scored else 0
+    if maps is not None:
+        print(f"wrote {scored - maps.failed} quality map(s) into {printable(str(maps.folder))}"
+              + (f"; {maps.failed} could not be made" if maps.failed else ""),
+              file=sys.stderr)
+    return 1 if failed or not scored or (maps and maps.failed) else 0
 
 
 USAGE = """\
@@ -431,7 +500,8 @@ usage: grepq score --model=DIR [flags] IMAGE_OR_FOLDER [IMAGE_OR_FOLDER ...]
 Scores each image file, and every image under each folder, with a model folder.
 
 example:
-  grepq score --model=models/grepq photos/ extra.jpg --output=scores.csv"""
+  grepq score --model=models/grepq photos/ extra.jpg --output=scores.csv
+  grepq score --model=models/grepq photos/ --maps=maps   (a PNG per image)"""
 
 
 def run_command() -> None:

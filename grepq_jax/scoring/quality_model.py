@@ -38,7 +38,7 @@ from typing import Any
 import numpy as np
 
 from grepq_jax.data import images as image_files
-from grepq_jax.scoring import patches, pristine, zero_shot
+from grepq_jax.scoring import patches, pristine, quality_map, zero_shot
 from grepq_jax.scoring.encoders import (HighLevelEncoder, LowLevelEncoder,  # noqa: F401
                                         ModelFolderError)
 # The folder's names and readers; qm.MODEL_JSON etc. still serve older callers.
@@ -173,6 +173,22 @@ class QualityModel:
         return zero_shot.image_low_level_score(
             image, self.low_level.patch_features, stats, patch_size=stats.patch_size,
             stride=self.stride, chunk=self.low_level.chunk)
+
+    def quality_map(self, image: np.ndarray) -> np.ndarray:
+        """(H, W) float64 map of one image: at each pixel the mean distance to the
+        pristine Gaussian of the patches covering it (larger is worse; NaN at
+        the edges no patch covers). Pixels as `low_level_score` takes them.
+        Raises ValueError without a low-level encoder or for a too small image.
+        """
+        if self.low_level is None:
+            raise ValueError("a quality map needs a low-level encoder; this model has "
+                             f"only {self.parts}")
+        stats = self.pristine_stats
+        distances = quality_map.patch_distances(
+            image, self.low_level.patch_features, stats, stride=self.stride,
+            chunk=self.low_level.chunk)
+        return quality_map.pixel_map(distances, image.shape[0], image.shape[1],
+                                     size=stats.patch_size, stride=self.stride)
 
     def check_size(self, shape: Sequence[int], needs: Iterable[str]) -> None:
         """Raises ValueError, naming the size, if an image is too small."""
