@@ -16,7 +16,8 @@ from flax.traverse_util import flatten_dict
 from conftest import params_of, read_scalars
 from configs import high_level as high_level_config
 from grepq_jax import (checkpoint, errors, export, high_level_export, pseudo_labels, score,
-                       train, zero_shot)
+                       train)
+from grepq_jax.scoring import zero_shot
 from grepq_jax.models import clip, clip_rn50, clip_rn50_tiny, heads
 from grepq_jax.models.clip_rn50_convert import convert_modified_resnet
 from grepq_jax.pathways import high_level as high_level_pathway
