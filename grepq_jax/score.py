@@ -382,8 +382,8 @@ class MapWriter:
     def write(self, result: ScoreResult) -> None:
         """The map of a scored image; a failure is reported on stderr and counted."""
         try:
-            distance_map = self.scorer.quality_map(result.source)
             pixels = as_pixels(result.source, max_pixels=self.scorer.max_pixels)
+            distance_map = self.scorer.model.quality_map(pixels)
             title = f"{describe(result.source)}: {result.score:.4f} ({self.scorer.mode})"
             quality_map.write_map_png(self._free_path(result.source), pixels,
                                       distance_map, title)

@@ -12,7 +12,7 @@ from configs import low_level as low_level_config
 from grepq_jax import checkpoint
 from grepq_jax import distributed
 from grepq_jax import train
-from conftest import params_of, read_scalars
+from conftest import assert_same_training, params_of, read_scalars
 import gated_main
 from run_main import Child, child_env, free_port
 
@@ -97,7 +97,8 @@ def test_two_processes_train_as_one_process_with_their_devices(
     # The same global computation; gloo's all-reduce may sum in another
     # order than the in-process one, so float32 round-off is allowed.
     close = functools.partial(np.testing.assert_allclose, rtol=1e-5, atol=1e-7)
-    jax.tree.map(close, tree["params"], params_of(state))
+    assert_same_training(tree["params"], params_of(state), rtol=1e-5, atol=1e-7,
+                         learning_rate=config.optim.learning_rate)
     jax.tree.map(close, tree["batch_stats"], jax.device_get(state.batch_stats))
     # Process 0 alone logs metrics and draws the progress bar.
     assert len(read_scalars(workdir / "tensorboard", "loss")) == STEPS
