@@ -96,9 +96,11 @@ def test_two_processes_train_as_one_process_with_their_devices(
     assert meta["step"] == int(state.step) == STEPS
     # The same global computation; gloo's all-reduce may sum in another
     # order than the in-process one, so float32 round-off is allowed.
-    close = functools.partial(np.testing.assert_allclose, rtol=1e-5, atol=1e-7)
     assert_same_training(tree["params"], params_of(state), rtol=1e-5, atol=1e-7,
                          learning_rate=config.optim.learning_rate)
+    # BatchNorm statistics follow the weights, so they inherit that rounding
+    # (seen: 1.5e-7 on one of 32): the eight-device test's tolerance.
+    close = functools.partial(np.testing.assert_allclose, rtol=1e-4, atol=1e-6)
     jax.tree.map(close, tree["batch_stats"], jax.device_get(state.batch_stats))
     # Process 0 alone logs metrics and draws the progress bar.
     assert len(read_scalars(workdir / "tensorboard", "loss")) == STEPS
