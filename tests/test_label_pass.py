@@ -4,7 +4,8 @@ of many sizes through a bounded number of programs."""
 
 import logging
 
-import ml_collections
+
+from test_data import make_config  # The data fields, shrunk for tests.
 import numpy as np
 import pytest
 import skimage.data
@@ -15,14 +16,6 @@ from grepq_jax import fsim_bucketed
 from grepq_jax.data import fsim_labels
 from grepq_jax.data import images
 from grepq_jax.data import low_level
-
-
-def make_config(**fields) -> ml_collections.ConfigDict:
-    config = dict(path="", layout="pristine", distortions="livefb",
-                  fragment_grid=4, fragment_size=8, min_side=32, max_side=0,
-                  fsim_chromatic=True, prefetch=2, workers=0)
-    config.update(fields)
-    return ml_collections.ConfigDict(config)
 
 
 class CountingStream:
