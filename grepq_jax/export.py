@@ -1,14 +1,15 @@
-"""Writes one self-contained scoring model folder from training exports.
+"""Packages the encoders that training runs exported into one
+self-contained scoring model folder.
 
     python -m grepq_jax.export --low_level=runs/low_level/export \
         --high_level=runs/high_level/export --out=models/grepq
 
-Copies each encoder's parameters and description, computes the pristine
-statistics once with the low-level encoder (from --pristine, a folder of
-pristine images, --pristine_patches, the original GRepQ's patch file, or by
-default the embedded photographs), and writes model.json last. Either
-encoder may be left out. The layout is described in
-grepq_jax/scoring/model_folder.py; `python -m grepq_jax.evaluate
+Copies each encoder export (its parameters and encoder.json), computes the
+pristine statistics once with the low-level encoder (from --pristine, a
+folder of pristine images, --pristine_patches, the original GRepQ's patch
+file, or by default the embedded photographs), and writes the folder's
+description, model.json, last. Either encoder may be left out. The layout is
+described in grepq_jax/scoring/model_folder.py; `python -m grepq_jax.evaluate
 --fit_regressor_into_model` adds a regressor later. Nothing is written
 outside --out, which must be new or empty.
 """

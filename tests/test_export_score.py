@@ -68,7 +68,7 @@ def image_folder(tmp_path_factory):
 def test_export_writes_the_layout_and_reloads_with_identical_scores(
         model_folder, low_level_export, high_level_export):
     assert json.loads((model_folder / "model.json").read_text())["format_version"] == 1
-    for name in ("low_level/model.json", "high_level/model.json",
+    for name in ("low_level/encoder.json", "high_level/encoder.json",
                  "pristine_statistics.npz"):
         assert (model_folder / name).exists(), name
     # The in-memory model, straight from the training exports.
