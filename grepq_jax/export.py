@@ -32,8 +32,6 @@ from grepq_jax.scoring import encoders
 from grepq_jax.scoring import pristine
 from grepq_jax.scoring import model_folder
 from grepq_jax.data import corpus, images
-# Adding a regressor to a folder; export.write_regressor was its first home.
-from grepq_jax.scoring.model_folder import write_regressor  # noqa: F401
 
 FLAGS = flags.FlagValues()
 _LOW_LEVEL = flags.DEFINE_string(

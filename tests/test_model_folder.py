@@ -15,9 +15,10 @@ import numpy as np
 from PIL import Image
 import pytest
 
-from grepq_jax import checkpoint, cli, export, score
+from grepq_jax import checkpoint, cli, score
 from grepq_jax.evaluation import regression
 from grepq_jax.scoring import quality_model as qm
+from grepq_jax.scoring.model_folder import write_regressor
 from model_fixtures import high_level_export, low_level_export, model_folder  # noqa: F401
 
 FEATURES = 16 + 32  # CLIP embedding + width-4 ResNet-18 pooled features
@@ -31,9 +32,9 @@ def regressor_folder(tmp_path_factory, model_folder):
     ridge = regression.RidgeRegressor(
         mean=np.zeros(FEATURES), scale=np.ones(FEATURES),
         weights=np.linspace(-1, 1, FEATURES), intercept=3.0, alpha=1.0)
-    export.write_regressor(folder, ridge, {"features": "pooled",
-                                           "parts": ["high_level", "low_level"],
-                                           "score_range": [1.0, 5.0]})
+    write_regressor(folder, ridge, {"features": "pooled",
+                                    "parts": ["high_level", "low_level"],
+                                    "score_range": [1.0, 5.0]})
     return folder
 
 
