@@ -2,9 +2,9 @@
 
 Training checkpoints live under `<workdir>/checkpoints/<step>`; an encoder
 export is a folder holding one parameter tree (`params/`) and its metadata
-(`encoder.json`). Paths may be
-local or gs:// (Orbax and etils.epath handle both). With several processes,
-every call here is collective: each process makes it, with the same arguments.
+(`encoder.json`). Paths may be local or gs:// (Orbax and etils.epath handle
+both). With several processes, every call here is collective: each process
+makes it, with the same arguments.
 
 A step folder counts only once Orbax has written `commit_success.txt` into it,
 last; one that a kill interrupted is ignored (the previous step is restored)

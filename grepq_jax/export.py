@@ -1,5 +1,4 @@
-"""Packages the encoders that training runs exported into one
-self-contained scoring model folder.
+"""Packages exported encoders into one self-contained scoring model folder.
 
     python -m grepq_jax.export --low_level=runs/low_level/export \
         --high_level=runs/high_level/export --out=models/grepq
@@ -81,7 +80,7 @@ def _check_out_folder(out: pathlib.Path) -> None:
 def export_model(out, *, low_level: str | None = None, high_level: str | None = None,
                  pristine_folder: str | None = None, pristine_patches: str | None = None,
                  patch_size: int = 96, chunk: int = 64) -> dict:
-    """Writes the model folder `out` from training export folders.
+    """Packages the encoder exports of training runs as the model folder `out`.
 
     The pristine statistics come from `pristine_folder` (images, selected
     here), `pristine_patches` (the original's patch file, already selected;
@@ -169,7 +168,7 @@ USAGE = """\
 usage: grepq export --out=DIR [--low_level=EXPORT] [--high_level=EXPORT] [flags]
        (or python -m grepq_jax.export ...)
 
-Writes one self-contained scoring model folder from training exports.
+Packages exported encoders into one self-contained scoring model folder.
 
 example:
   grepq export --low_level=runs/low_level/export --out=models/grepq"""

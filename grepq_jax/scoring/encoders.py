@@ -1,12 +1,13 @@
 """The two trained encoders in inference mode, rebuilt and checked from exports.
 
 An encoder export (`checkpoint.write_export`) is a folder holding
-`encoder.json` (the metadata a pathway writes; `model.json` in older exports) and `params/` (the parameter tree). Both
-encoders are rebuilt from the metadata alone, and the stored tree is checked
-against the tree that metadata builds, array by array (path, shape, dtype,
-finite values), before anything runs: a damaged or mismatched export fails
-here with ModelFolderError naming the file and the key, never later inside
-a compiled program.
+`encoder.json` (the metadata a pathway writes; `model.json` in older
+exports) and `params/` (the parameter tree). Both encoders are rebuilt from
+the metadata alone, and the stored tree is checked against the tree that
+metadata builds, array by array (path, shape, dtype, finite values), before
+anything runs: a damaged or mismatched export fails here with
+ModelFolderError naming the file and the key, never later inside a compiled
+program.
 """
 import contextlib
 import dataclasses
