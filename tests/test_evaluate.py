@@ -152,7 +152,7 @@ def test_predicted_vs_true_shows_the_median_split_and_says_so(cli_run, model_fol
 def test_relative_paths_and_skipped_images_on_the_console(
         cli_run, model_folder, dataset_root, tmp_path, monkeypatch, capsys):
     shutil.copytree(cli_run, tmp_path / "out")  # With the features: none computed.
-    monkeypatch.setattr(evaluate, "compute_features", None)
+    monkeypatch.setattr(feature_cache, "compute_features", None)
     monkeypatch.chdir(tmp_path)
     argv = ["evaluate", f"--model={os.path.relpath(model_folder)}", "--dataset=csv",
             f"--root={os.path.relpath(dataset_root)}", "--out=out", "--num_train=10",
@@ -436,7 +436,7 @@ def test_an_unexpected_failure_is_one_line_with_the_traceback_kept(
         stand_in, blur_root, tmp_path, monkeypatch, capsys):
     def broken(*args, **kwargs):
         raise RuntimeError("device lost")
-    monkeypatch.setattr(evaluate, "compute_features", broken)
+    monkeypatch.setattr(feature_cache, "compute_features", broken)
     assert run_cli(f"--root={blur_root}", f"--out={tmp_path}", "--num_train=10") == 1
     assert capsys.readouterr().err.splitlines()[-1] == (
         f"evaluation failed: RuntimeError: device lost (traceback in "
