@@ -72,7 +72,7 @@ import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 from scipy import stats  # noqa: E402
 
-from grepq_jax import distortions  # noqa: E402
+from grepq_jax import checkpoint, distortions  # noqa: E402
 
 LEVELS = tuple(range(distortions.NUM_LEVELS + 1))  # 0: the reference
 
@@ -176,7 +176,7 @@ def _run(command: list[str], what: str) -> float:
 def trained_export(workdir: pathlib.Path, config: str, overrides=()) -> pathlib.Path:
     """WORKDIR/export, training `config` into workdir first if it has none."""
     export = workdir / "export"
-    if not (export / "model.json").is_file():
+    if not checkpoint.export_metadata(export).exists():
         print(f"training {config} {' '.join(overrides)} into {workdir} ...", flush=True)
         seconds = _run([sys.executable, "-m", "grepq_jax.main", f"--config={config}",
                         f"--workdir={workdir}", *overrides], f"training {config}")

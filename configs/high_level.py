@@ -54,8 +54,8 @@ def get_config(arg: str = "default") -> ml_collections.ConfigDict:
     config.model.encoder = "clip_vit"  # or "clip_rn50"
     # clip_vit: a hub name or a local `save_pretrained` directory; clip_rn50:
     # a high-level export (`grepq convert`, or a run's workdir/export); either:
-    # "tiny-random" (clip.TINY_RANDOM), a tiny random CLIP written into the
-    # workdir, for smoke runs.
+    # "tiny-random" (stand_ins/tiny_clip.py's TINY_RANDOM), a tiny random CLIP
+    # written into the workdir, for smoke runs.
     config.model.clip = "openai/clip-vit-base-patch32"
     # clip_rn50 only, the attention pool's positional embedding in training
     # and in the export: "resize" (OpenAI's, resized to the crop's feature

@@ -1,9 +1,10 @@
 """The only module that talks to Orbax.
 
-Training checkpoints live under `<workdir>/checkpoints/<step>`; an export is a
-folder holding one parameter tree and a JSON description of it. Paths may be
-local or gs:// (Orbax and etils.epath handle both). With several processes,
-every call here is collective: each process makes it, with the same arguments.
+Training checkpoints live under `<workdir>/checkpoints/<step>`; an encoder
+export is a folder holding one parameter tree (`params/`) and its metadata
+(`encoder.json`). Paths may be local or gs:// (Orbax and etils.epath handle
+both). With several processes, every call here is collective: each process
+makes it, with the same arguments.
 
 A step folder counts only once Orbax has written `commit_success.txt` into it,
 last; one that a kill interrupted is ignored (the previous step is restored)
@@ -24,7 +25,11 @@ from grepq_jax import errors
 
 # An encoder export (write_export): the tree folder and the metadata file.
 EXPORT_TREE = "params"
-EXPORT_METADATA = "model.json"
+EXPORT_METADATA = "encoder.json"
+# The metadata's name in exports written before it was encoder.json (when a
+# model folder's description was model.json too); still read where
+# encoder.json is absent.
+OLD_EXPORT_METADATA = "model.json"
 
 
 class CheckpointError(errors.RunFailure):
@@ -183,6 +188,14 @@ def write_export(directory: str, tree: Any, metadata: dict[str, Any]) -> None:
         (directory / EXPORT_METADATA).write_text(json.dumps(metadata, indent=2))
 
 
+def export_metadata(directory) -> epath.Path:
+    """The metadata file of the export in `directory`: encoder.json, or an
+    older export's model.json when only that is there."""
+    directory = epath.Path(directory)
+    path, old = directory / EXPORT_METADATA, directory / OLD_EXPORT_METADATA
+    return old if not path.exists() and old.exists() else path
+
+
 def read_export(directory: str) -> tuple[Any, dict[str, Any]]:
     """The tree and metadata written by `write_export`.
 
@@ -191,7 +204,7 @@ def read_export(directory: str) -> tuple[Any, dict[str, Any]]:
     is read on a laptop).
     """
     directory = epath.Path(cli.absolute(directory))
-    meta_path = directory / EXPORT_METADATA
+    meta_path = export_metadata(directory)
     if not meta_path.exists():
         raise FileNotFoundError(
             f"{directory} is not an export: no {EXPORT_METADATA}"

@@ -103,8 +103,8 @@ def main() -> None:
     argv = sys.argv
     if len(argv) < 2 or argv[1] in HELP_FLAGS:
         print("usage: grepq {%s} [flags] [args]\n\n"
-              "  train     train an encoder (python -m grepq_jax.main)\n"
-              "  export    write a scoring model folder from training exports\n"
+              "  train     train and export an encoder (python -m grepq_jax.main)\n"
+              "  export    package exported encoders into a scoring model folder\n"
               "  score     score images with a model folder\n"
               "  evaluate  evaluate a model folder on an IQA dataset\n"
               "  convert   turn OpenAI / open_clip / GRepQ PyTorch weights into an "

@@ -1,14 +1,14 @@
-"""Writes one self-contained scoring model folder from training exports.
+"""Packages exported encoders into one self-contained scoring model folder.
 
     python -m grepq_jax.export --low_level=runs/low_level/export \
         --high_level=runs/high_level/export --out=models/grepq
 
-Copies each encoder's parameters and description, computes the pristine
-statistics once with the low-level encoder (from --pristine, a folder of
-pristine images, --pristine_patches, the original GRepQ's patch file, or by
-default the embedded photographs), and writes model.json last. Either
-encoder may be left out. The layout is described in
-grepq_jax/scoring/model_folder.py; `python -m grepq_jax.evaluate
+Copies each encoder export (its parameters and encoder.json), computes the
+pristine statistics once with the low-level encoder (from --pristine, a
+folder of pristine images, --pristine_patches, the original GRepQ's patch
+file, or by default the embedded photographs), and writes the folder's
+description, model.json, last. Either encoder may be left out. The layout is
+described in grepq_jax/scoring/model_folder.py; `python -m grepq_jax.evaluate
 --fit_regressor_into_model` adds a regressor later. Nothing is written
 outside --out, which must be new or empty.
 """
@@ -31,8 +31,6 @@ from grepq_jax.scoring import encoders
 from grepq_jax.scoring import pristine
 from grepq_jax.scoring import model_folder
 from grepq_jax.data import corpus, images
-# Adding a regressor to a folder; export.write_regressor was its first home.
-from grepq_jax.scoring.model_folder import write_regressor  # noqa: F401
 
 FLAGS = flags.FlagValues()
 _LOW_LEVEL = flags.DEFINE_string(
@@ -82,7 +80,7 @@ def _check_out_folder(out: pathlib.Path) -> None:
 def export_model(out, *, low_level: str | None = None, high_level: str | None = None,
                  pristine_folder: str | None = None, pristine_patches: str | None = None,
                  patch_size: int = 96, chunk: int = 64) -> dict:
-    """Writes the model folder `out` from training export folders.
+    """Packages the encoder exports of training runs as the model folder `out`.
 
     The pristine statistics come from `pristine_folder` (images, selected
     here), `pristine_patches` (the original's patch file, already selected;
@@ -170,7 +168,7 @@ USAGE = """\
 usage: grepq export --out=DIR [--low_level=EXPORT] [--high_level=EXPORT] [flags]
        (or python -m grepq_jax.export ...)
 
-Writes one self-contained scoring model folder from training exports.
+Packages exported encoders into one self-contained scoring model folder.
 
 example:
   grepq export --low_level=runs/low_level/export --out=models/grepq"""

@@ -1,8 +1,9 @@
-"""The high-level export: a trained CLIP image tower and its prompt embeddings.
+"""The high-level encoder export: a trained CLIP image tower and its prompt embeddings.
 
 The one owner of the format. The high-level training run writes it
 (pathways/high_level.py), and so does `grepq convert` from PyTorch files;
-`read` loads either tower. Stored with `checkpoint.write_export`:
+`read` loads either tower. Stored with `checkpoint.write_export` (the tree in
+params/, the metadata in encoder.json):
 
     tree      {"encoder": the tower's variables (below),
                "prompt_embeddings": (P, 2, D) float32, L2-normalised, [:, 0] good}

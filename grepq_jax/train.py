@@ -26,7 +26,7 @@ from grepq_jax import errors
 from grepq_jax import progress
 from grepq_jax import sharding
 from grepq_jax import xla_options
-from grepq_jax.pathways import PATHWAYS, build_pathway  # noqa: F401  (PATHWAYS: tests patch it)
+from grepq_jax.pathways import build_pathway
 
 
 class NonFiniteError(errors.RunFailure, FloatingPointError):

@@ -4,18 +4,18 @@ Reuse from another test file (tests/ is on sys.path under pytest):
 
     from clip_fixtures import tiny_clip_dir  # noqa: F401  (a pytest fixture)
 
-The builder itself is `grepq_jax.models.clip.save_tiny_clip`, which the
+The builder itself is `grepq_jax.stand_ins.tiny_clip.save_tiny_clip`, which the
 `configs/high_level.py:tiny` smoke run uses too.
 """
 import pathlib
 
 import pytest
 
-from grepq_jax.models.clip import TINY_IMAGE_SIZE as IMAGE_SIZE
-from grepq_jax.models.clip import TINY_MEAN as MEAN
-from grepq_jax.models.clip import TINY_PATCH_SIZE as PATCH_SIZE
-from grepq_jax.models.clip import TINY_STD as STD
-from grepq_jax.models.clip import save_tiny_clip
+from grepq_jax.stand_ins.tiny_clip import TINY_IMAGE_SIZE as IMAGE_SIZE
+from grepq_jax.stand_ins.tiny_clip import TINY_MEAN as MEAN
+from grepq_jax.stand_ins.tiny_clip import TINY_PATCH_SIZE as PATCH_SIZE
+from grepq_jax.stand_ins.tiny_clip import TINY_STD as STD
+from grepq_jax.stand_ins.tiny_clip import save_tiny_clip
 
 __all__ = ["IMAGE_SIZE", "MEAN", "PATCH_SIZE", "STD", "save_tiny_clip",
            "tiny_clip_dir"]

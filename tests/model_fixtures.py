@@ -16,6 +16,7 @@ import pytest
 from grepq_jax import checkpoint, export
 from grepq_jax.models import clip
 from grepq_jax.pathways import low_level as low_level_pathway
+from grepq_jax.stand_ins import tiny_clip
 
 LOW_LEVEL_MODEL = {"encoder": "resnet18", "width": 4, "head_dim": 8, "dtype": "float32"}
 HIGH_LEVEL_ARCH = clip.ClipVisionArch(image_size=32, patch_size=8, width=32, layers=2,
@@ -56,7 +57,7 @@ def write_high_level_export(directory, seed=0):
     checkpoint.write_export(
         str(directory), {"encoder": _random_like(abstract, rng), "prompt_embeddings": prompts},
         {"pathway": "high_level", "arch": dataclasses.asdict(HIGH_LEVEL_ARCH),
-         "mean": list(clip.TINY_MEAN), "std": list(clip.TINY_STD),
+         "mean": list(tiny_clip.TINY_MEAN), "std": list(tiny_clip.TINY_STD),
          "prompts": [["a good photo.", "a bad photo."]], "dtype": "float32", "step": 0})
     return directory
 

@@ -26,6 +26,9 @@ from PIL import Image, ImageFilter
 
 from grepq_jax import cli, evaluate, score
 from grepq_jax.evaluation import correlation
+from grepq_jax.evaluation import feature_cache
+from grepq_jax.evaluation import plots
+from grepq_jax.evaluation import results_table
 from grepq_jax.evaluation import regression
 from grepq_jax.scoring import quality_model as qm
 from grepq_jax.data import corpus
@@ -101,8 +104,8 @@ def test_features_are_computed_once_and_recomputed_when_stale(
     out = tmp_path / "out"
     shutil.copytree(cli_run, out)
     computed = []
-    original = evaluate.compute_features
-    monkeypatch.setattr(evaluate, "compute_features",
+    original = feature_cache.compute_features
+    monkeypatch.setattr(feature_cache, "compute_features",
                         lambda *a, **k: computed.append(1) or original(*a, **k))
     dataset = iqa_datasets.load_iqa_dataset("csv", dataset_root)
     rows = evaluate.evaluate(model_folder, dataset, out, num_train=(10,), splits=3,
@@ -113,8 +116,8 @@ def test_features_are_computed_once_and_recomputed_when_stale(
     flipped = iqa_datasets.load_iqa_dataset("csv", dataset_root, higher_is_better=False)
     evaluate.evaluate(model_folder, flipped, out, num_train=(10,), splits=3)
     assert computed == [1]  # The direction is part of the key.
-    features = evaluate.load_features(out / "features_csv.npz",
-                                      evaluate.cache_key(model_folder, flipped))
+    features = feature_cache.load_features(out / "features_csv.npz",
+                                           feature_cache.cache_key(model_folder, flipped))
     low, high = flipped.score_range
     scores = {item.name: item.score for item in flipped.items}
     np.testing.assert_allclose(features.quality,
@@ -124,14 +127,14 @@ def test_features_are_computed_once_and_recomputed_when_stale(
 def test_predicted_vs_true_shows_the_median_split_and_says_so(cli_run, model_folder,
                                                               dataset_root, tmp_path):
     dataset = iqa_datasets.load_iqa_dataset("csv", dataset_root)
-    features = evaluate.load_features(cli_run / "features_csv.npz",
-                                      evaluate.cache_key(model_folder, dataset))
-    result = evaluate.data_efficient(features, "projection", num_train=[15], splits=4,
-                                     mapping="poly3", seed=0)[15]
+    features = feature_cache.load_features(cli_run / "features_csv.npz",
+                                           feature_cache.cache_key(model_folder, dataset))
+    result = results_table.data_efficient(features, "projection", num_train=[15], splits=4,
+                                          mapping="poly3", seed=0)[15]
     median = result.median_split()
     assert sorted(result.srocc)[1] == result.srocc[median]  # Lower middle of 4.
-    figure = evaluate.plot_predicted_vs_true(features, "projection", result, "poly3",
-                                             tmp_path / "plot.png")
+    figure = plots.plot_predicted_vs_true(features, "projection", result, "poly3",
+                                          tmp_path / "plot.png")
     title = figure.axes[0].get_title()
     assert title.startswith(f"csv, 15 labelled, split {median} of 0-3 by image: the "
                             "median (lower middle) SROCC\n"
@@ -149,7 +152,7 @@ def test_predicted_vs_true_shows_the_median_split_and_says_so(cli_run, model_fol
 def test_relative_paths_and_skipped_images_on_the_console(
         cli_run, model_folder, dataset_root, tmp_path, monkeypatch, capsys):
     shutil.copytree(cli_run, tmp_path / "out")  # With the features: none computed.
-    monkeypatch.setattr(evaluate, "compute_features", None)
+    monkeypatch.setattr(feature_cache, "compute_features", None)
     monkeypatch.chdir(tmp_path)
     argv = ["evaluate", f"--model={os.path.relpath(model_folder)}", "--dataset=csv",
             f"--root={os.path.relpath(dataset_root)}", "--out=out", "--num_train=10",
@@ -194,8 +197,8 @@ def test_cross_dataset_and_a_regressor_fitted_into_the_model(
     assert model.regressor_info["orientation"] == "score"
     scorer = score.create_scorer(folder, mode="regressor")
     assert scorer.score_range == dataset.score_range and scorer.higher_is_better
-    features = evaluate.load_features(tmp_path / "out" / "features_csv.npz",
-                                      evaluate.cache_key(folder, dataset))
+    features = feature_cache.load_features(tmp_path / "out" / "features_csv.npz",
+                                           feature_cache.cache_key(folder, dataset))
     expected = model.regressor.predict(features.regression_features("projection")[:3])
     got = [scorer.score(dataset_root / name) for name in features.names[:3]]
     np.testing.assert_allclose(got, expected, rtol=1e-6)
@@ -204,7 +207,7 @@ def test_cross_dataset_and_a_regressor_fitted_into_the_model(
 def test_dmos_is_turned_so_higher_is_better():
     dataset = iqa_datasets.IqaDataset("d", (), higher_is_better=False, score_kind="DMOS",
                                       score_range=(0.0, 100.0))
-    np.testing.assert_array_equal(evaluate.oriented_quality(dataset, [10.0, 90.0]),
+    np.testing.assert_array_equal(feature_cache.oriented_quality(dataset, [10.0, 90.0]),
                                   [90.0, 10.0])
 
 
@@ -282,7 +285,7 @@ def stand_in(monkeypatch):
     """evaluate loads SharpnessModel whatever --model says."""
     monkeypatch.setattr(evaluate.qm.QualityModel, "load",
                         staticmethod(lambda folder, chunk: SharpnessModel()))
-    monkeypatch.setattr(evaluate, "_model_files_digest", lambda folder: "sharpness")
+    monkeypatch.setattr(feature_cache, "_model_files_digest", lambda folder: "sharpness")
 
 
 @pytest.fixture(scope="module")
@@ -346,11 +349,11 @@ def test_stand_in_quality_measure_gives_high_srocc_of_the_right_sign_mos_and_dmo
 
 def test_no_reference_crosses_a_split(blur_root):
     dataset = iqa_datasets.load_iqa_dataset("csv", blur_root)
-    features = evaluate.compute_features(SharpnessModel(), dataset)
+    features = feature_cache.compute_features(SharpnessModel(), dataset)
     references = np.array(features.references)
     assert len(set(references)) == 8
-    results = evaluate.data_efficient(features, "projection", num_train=[10, 30],
-                                      splits=6, mapping="poly3", seed=2)
+    results = results_table.data_efficient(features, "projection", num_train=[10, 30],
+                                           splits=6, mapping="poly3", seed=2)
     for result in results.values():
         assert result.split_by == "reference"
         for train, test in zip(result.train_indices, result.test_indices):
@@ -360,8 +363,8 @@ def test_no_reference_crosses_a_split(blur_root):
             assert len(train) == result.num_train
     # Without references the same images are split by image.
     flat = dataclasses.replace(features, references=(None,) * len(references))
-    result = evaluate.data_efficient(flat, "projection", num_train=[10], splits=2,
-                                     mapping="poly3", seed=2)[10]
+    result = results_table.data_efficient(flat, "projection", num_train=[10], splits=2,
+                                          mapping="poly3", seed=2)[10]
     assert result.split_by == "image" and list(result.num_test) == [54, 54]
 
 
@@ -433,7 +436,7 @@ def test_an_unexpected_failure_is_one_line_with_the_traceback_kept(
         stand_in, blur_root, tmp_path, monkeypatch, capsys):
     def broken(*args, **kwargs):
         raise RuntimeError("device lost")
-    monkeypatch.setattr(evaluate, "compute_features", broken)
+    monkeypatch.setattr(feature_cache, "compute_features", broken)
     assert run_cli(f"--root={blur_root}", f"--out={tmp_path}", "--num_train=10") == 1
     assert capsys.readouterr().err.splitlines()[-1] == (
         f"evaluation failed: RuntimeError: device lost (traceback in "

@@ -26,7 +26,9 @@ from grepq_jax import cli, export, score
 from grepq_jax.scoring import pristine
 from grepq_jax.evaluation import regression
 from grepq_jax.scoring import zero_shot
+from grepq_jax.scoring import encoders
 from grepq_jax.scoring import quality_model as qm
+from grepq_jax.scoring.model_folder import write_regressor
 from grepq_jax.data import corpus
 from model_fixtures import high_level_export, low_level_export, model_folder  # noqa: F401
 
@@ -68,7 +70,7 @@ def image_folder(tmp_path_factory):
 def test_export_writes_the_layout_and_reloads_with_identical_scores(
         model_folder, low_level_export, high_level_export):
     assert json.loads((model_folder / "model.json").read_text())["format_version"] == 1
-    for name in ("low_level/model.json", "high_level/model.json",
+    for name in ("low_level/encoder.json", "high_level/encoder.json",
                  "pristine_statistics.npz"):
         assert (model_folder / name).exists(), name
     # The in-memory model, straight from the training exports.
@@ -99,7 +101,7 @@ def test_export_refuses_a_used_folder_and_no_encoder(tmp_path, low_level_export)
     assert (tmp_path / "used" / "keep.txt").read_text() == "mine"
     with pytest.raises(ValueError, match="at least one"):
         export.export_model(tmp_path / "new")
-    with pytest.raises(qm.ModelFolderError, match="no model.json"):
+    with pytest.raises(encoders.ModelFolderError, match="no model.json"):
         qm.QualityModel.load(tmp_path / "used")
 
 
@@ -256,8 +258,8 @@ def test_regressor_mode_predicts_with_the_stored_ridge(model_folder, tmp_path):
     x = np.stack([model.regression_features(a, "pooled") for a in analyses])
     assert x.shape == (8, 16 + 32)  # CLIP embedding + width-4 ResNet-18 pooled
     ridge = regression.fit_ridge(x, np.linspace(1, 5, 8), alpha=1.0)
-    export.write_regressor(folder, ridge, {"features": "pooled", "parts": model.parts,
-                                           "score_range": [1.0, 5.0]})
+    write_regressor(folder, ridge, {"features": "pooled", "parts": model.parts,
+                                    "score_range": [1.0, 5.0]})
     scorer = score.create_scorer(folder, mode="regressor")
     assert scorer.score_range == (1.0, 5.0) and scorer.columns == score.REGRESSOR_COLUMNS
     got = [r.score for r in scorer.score_many(images)]

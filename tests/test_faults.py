@@ -21,6 +21,7 @@ import pytest
 from configs import low_level as low_level_config
 from grepq_jax import checkpoint
 from grepq_jax import train
+from grepq_jax.pathways import PATHWAYS
 from conftest import params_of
 import gated_main
 from run_main import Child, child_env
@@ -181,9 +182,9 @@ def poison_step(pathway, poisoned: int):
 def test_non_finite_loss_stops_naming_the_step_and_keeps_the_last_good(
     photo_folder, tmp_path, monkeypatch
 ):
-    build = train.PATHWAYS["low_level"]
+    build = PATHWAYS["low_level"]
     monkeypatch.setitem(
-        train.PATHWAYS,
+        PATHWAYS,
         "low_level",
         lambda config, workdir: poison_step(build(config, workdir), 3),
     )
@@ -207,9 +208,9 @@ def test_non_finite_step_between_logs_stops_at_the_next_check(
 ):
     """Metrics reach the host only when a log or save is due; a non-finite
     step in between is still caught there, before the state is saved."""
-    build = train.PATHWAYS["low_level"]
+    build = PATHWAYS["low_level"]
     monkeypatch.setitem(
-        train.PATHWAYS,
+        PATHWAYS,
         "low_level",
         lambda config, workdir: poison_step(build(config, workdir), 5),
     )

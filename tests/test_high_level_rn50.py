@@ -18,9 +18,10 @@ from configs import high_level as high_level_config
 from grepq_jax import (checkpoint, errors, export, high_level_export, pseudo_labels, score,
                        train)
 from grepq_jax.scoring import zero_shot
-from grepq_jax.models import clip, clip_rn50, clip_rn50_tiny, heads
+from grepq_jax.models import clip, clip_rn50, heads
 from grepq_jax.models.clip_rn50_convert import convert_modified_resnet
 from grepq_jax.pathways import high_level as high_level_pathway
+from grepq_jax.stand_ins import tiny_clip_rn50
 from model_fixtures import write_high_level_export as write_vit_export
 
 _FIXTURES = Path(__file__).parent / "fixtures"
@@ -136,7 +137,7 @@ def test_tiny_rn50_trains_updates_statistics_exports_and_resumes(photo_folder, t
     assert {k: metadata[k] for k in ("pathway", "encoder", "step", "dtype", "prompts")} == {
         "pathway": "high_level", "encoder": "clip_rn50", "step": 4, "dtype": "float32",
         "prompts": [list(p) for p in PROMPTS]}
-    assert clip_rn50.ModifiedResNetArch.from_dict(metadata["arch"]) == clip_rn50_tiny.IMAGE_ARCH
+    assert clip_rn50.ModifiedResNetArch.from_dict(metadata["arch"]) == tiny_clip_rn50.IMAGE_ARCH
     assert metadata["mean"] == list(clip.OPENAI_MEAN) and metadata["std"] == list(clip.OPENAI_STD)
     _tree_equal(tree["encoder"]["params"], params_of(state)["encoder"])
     _tree_equal(tree["encoder"]["batch_stats"], trained)
@@ -147,7 +148,7 @@ def test_tiny_rn50_trains_updates_statistics_exports_and_resumes(photo_folder, t
     scorer = score.create_scorer("model", mode="zero_shot_high")
     image = np.random.default_rng(0).uniform(size=(64, 80, 3)).astype(np.float32)
     pixels = (image - np.float32(clip.OPENAI_MEAN)) / np.float32(clip.OPENAI_STD)
-    embedding = clip_rn50.ModifiedResNet(clip_rn50_tiny.IMAGE_ARCH).apply(
+    embedding = clip_rn50.ModifiedResNet(tiny_clip_rn50.IMAGE_ARCH).apply(
         {"params": tree["encoder"]["params"], "batch_stats": trained}, pixels[None], train=False)
     expected = zero_shot.high_level_score(np.asarray(embedding), tree["prompt_embeddings"])[0]
     assert next(scorer.score_many([image])).parts["high_level"] == pytest.approx(expected, abs=1e-6)
@@ -167,7 +168,7 @@ def test_the_export_reader_loads_both_towers_in_inference_mode(tmp_path):
     tiny = high_level_pathway.write_tiny_rn50(str(tmp_path / "rn50"), PROMPTS)
     exported = high_level_export.read(tiny)
     assert (exported.encoder, exported.arch, exported.prompts) == (
-        "clip_rn50", clip_rn50_tiny.IMAGE_ARCH, PROMPTS)
+        "clip_rn50", tiny_clip_rn50.IMAGE_ARCH, PROMPTS)
     images = np.random.default_rng(0).normal(size=(3, 64, 64, 3)).astype(np.float32)
     embed = jax.jit(exported.inference_fn())
     together = np.asarray(embed(exported.variables, images))

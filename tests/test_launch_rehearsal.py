@@ -154,7 +154,7 @@ def test_data_staged_and_every_writer_reached_the_bucket(
                  if n.endswith("/commit_success.txt") and n.count("/") == 3
                  and "/checkpoints/" in n]
     assert committed == ["1", "2", "4"]
-    assert "rehearsal/export/model.json" in names
+    assert "rehearsal/export/encoder.json" in names
     # TensorBoard, the FSIM label cache, JAX's compilation cache.
     for folder in ("tensorboard/events.out.tfevents.", "fsim_cache/fsim_labels_",
                    "compile_cache/jit_train_step"):

@@ -54,7 +54,7 @@ def test_relative_paths_train_export_and_resume(relative_run):
     steps = sorted(int(p.name) for p in (workdir / "checkpoints").iterdir()
                    if p.name.isdigit())
     assert steps and steps[-1] == 1  # 8 groups, batch 8, one epoch
-    assert (workdir / "export" / "model.json").is_file()
+    assert (workdir / "export" / "encoder.json").is_file()
     assert second.returncode == 0, second.stderr[-3000:]
     assert "Resuming from step 1 of 1." in second.stderr
 

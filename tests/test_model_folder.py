@@ -15,9 +15,10 @@ import numpy as np
 from PIL import Image
 import pytest
 
-from grepq_jax import checkpoint, cli, export, score
+from grepq_jax import checkpoint, cli, score
 from grepq_jax.evaluation import regression
 from grepq_jax.scoring import quality_model as qm
+from grepq_jax.scoring.model_folder import write_regressor
 from model_fixtures import high_level_export, low_level_export, model_folder  # noqa: F401
 
 FEATURES = 16 + 32  # CLIP embedding + width-4 ResNet-18 pooled features
@@ -31,9 +32,9 @@ def regressor_folder(tmp_path_factory, model_folder):
     ridge = regression.RidgeRegressor(
         mean=np.zeros(FEATURES), scale=np.ones(FEATURES),
         weights=np.linspace(-1, 1, FEATURES), intercept=3.0, alpha=1.0)
-    export.write_regressor(folder, ridge, {"features": "pooled",
-                                           "parts": ["high_level", "low_level"],
-                                           "score_range": [1.0, 5.0]})
+    write_regressor(folder, ridge, {"features": "pooled",
+                                    "parts": ["high_level", "low_level"],
+                                    "score_range": [1.0, 5.0]})
     return folder
 
 
@@ -182,31 +183,31 @@ DAMAGES = [
     ("pristine patch size", _npz("pristine_statistics.npz",
                                  _put("patch_size", lambda a: np.array(64))),
      "pristine_statistics.npz", "patch_size 64 differs from"),
-    ("low metadata missing", _remove("low_level/model.json"),
-     "low_level/model.json", "is missing"),
+    ("low metadata missing", _remove("low_level/encoder.json"),
+     "low_level/encoder.json", "is missing"),
     ("low params missing", _remove("low_level/params"),
      "low_level/params", "is missing or empty"),
     ("low params truncated", _damage_params("low_level", "truncate"),
      "low_level/params", "cannot read the parameters"),
     ("low params scrambled", _damage_params("low_level", "scramble"),
      "low_level/params", "cannot read the parameters"),
-    ("low width changed", _json("low_level/model.json", _set("model", "width", 8)),
+    ("low width changed", _json("low_level/encoder.json", _set("model", "width", 8)),
      "low_level/params", "batch_stats/encoder/bn1/mean is float32[4], but the model in"),
-    ("low unknown encoder", _json("low_level/model.json",
+    ("low unknown encoder", _json("low_level/encoder.json",
                                   _set("model", "encoder", "resnet99")),
-     "low_level/model.json", "cannot build the model it describes (KeyError"),
-    ("low no model key", _json("low_level/model.json", _drop("model")),
-     "low_level/model.json", "no key 'model'"),
-    ("low wrong pathway", _json("low_level/model.json", _set("pathway", "high_level")),
-     "low_level/model.json", "expected a low_level export, got pathway 'high_level'"),
+     "low_level/encoder.json", "cannot build the model it describes (KeyError"),
+    ("low no model key", _json("low_level/encoder.json", _drop("model")),
+     "low_level/encoder.json", "no key 'model'"),
+    ("low wrong pathway", _json("low_level/encoder.json", _set("pathway", "high_level")),
+     "low_level/encoder.json", "expected a low_level export, got pathway 'high_level'"),
     ("low NaN parameter", _rewrite_export("low_level", _nan_first_kernel),
      "low_level/params", "params/encoder/conv1/kernel holds NaN or infinite values"),
-    ("high width changed", _json("high_level/model.json", _set("arch", "width", 64)),
+    ("high width changed", _json("high_level/encoder.json", _set("arch", "width", 64)),
      "high_level/params", "but the encoder in"),
-    ("high mean", _json("high_level/model.json", _set("mean", [0.5, 0.5])),
-     "high_level/model.json", "mean must be 3 finite numbers"),
-    ("high dtype", _json("high_level/model.json", _set("dtype", "float16")),
-     "high_level/model.json", "dtype must be one of ['bfloat16', 'float32']"),
+    ("high mean", _json("high_level/encoder.json", _set("mean", [0.5, 0.5])),
+     "high_level/encoder.json", "mean must be 3 finite numbers"),
+    ("high dtype", _json("high_level/encoder.json", _set("dtype", "float16")),
+     "high_level/encoder.json", "dtype must be one of ['bfloat16', 'float32']"),
     ("high prompts", _rewrite_export("high_level", _short_prompts),
      "high_level/params", "prompt_embeddings must be (pairs, 2, 16), got [1, 2, 8]"),
     ("regressor parts", _json("regressor.json", _set("parts", ["low_level"])),
@@ -261,3 +262,22 @@ def test_damaged_parameters_end_the_command_in_one_line(regressor_folder, tmp_pa
     assert done.stderr.startswith(f"cannot score with {folder}: {folder}/low_level/params: "
                                   "cannot read the parameters"), done.stderr
     assert done.stderr.count("\n") == 1, done.stderr
+
+
+def test_a_folder_in_the_old_layout_scores_as_the_new_one(regressor_folder, tmp_path):
+    """Folders packaged before the encoders' metadata was named encoder.json
+    hold each encoder's metadata as model.json; they load and score the same."""
+    old = tmp_path / "old"
+    shutil.copytree(regressor_folder, old)
+    for part in ("low_level", "high_level"):
+        (old / part / checkpoint.EXPORT_METADATA).rename(
+            old / part / checkpoint.OLD_EXPORT_METADATA)
+    assert sorted(path.name for path in old.rglob("*.json")) == [
+        "model.json", "model.json", "model.json", "regressor.json"]
+    image = np.random.default_rng(0).uniform(size=(150, 150, 3)).astype(np.float32)
+    for mode in score.MODES:
+        new_scorer = score.create_scorer(regressor_folder, mode)
+        old_scorer = score.create_scorer(old, mode)
+        assert old_scorer.score(image) == new_scorer.score(image), mode
+    assert checkpoint.read_export(str(old / "low_level"))[1] == (
+        checkpoint.read_export(str(regressor_folder / "low_level"))[1])

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import scipy.signal
 
+from grepq_jax.scoring import patches
 from grepq_jax.scoring import pristine
 from grepq_jax.scoring import zero_shot
 
@@ -107,7 +108,7 @@ def test_cut_patches_counts_and_positions_like_torch_unfold(height, width, rows,
 
 def test_chunks_concatenate_to_all_patches_and_respect_the_bound():
     image = np.random.default_rng(3).uniform(size=(250, 300, 3))
-    chunks = list(pristine.iter_patch_chunks(image, 96, 48, 4))
+    chunks = list(patches.iter_patch_chunks(image, 96, 48, 4))
     assert max(len(c) for c in chunks) == 4 and len(chunks) == 5  # 4 x 5 = 20 patches
     np.testing.assert_array_equal(np.concatenate(chunks), pristine.cut_patches(image, 96, 48))
 

@@ -24,9 +24,9 @@ from grepq_jax import pseudo_labels
 from grepq_jax.data import high_level as high_level_data
 from grepq_jax.models import clip, heads
 from grepq_jax.models import clip_rn50
-from grepq_jax.models import clip_rn50_tiny
 from grepq_jax.models.dtypes import DTYPES
 from grepq_jax.pathways.pathway import Pathway
+from grepq_jax.stand_ins import tiny_clip, tiny_clip_rn50
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,10 +55,10 @@ def _local_dir(workdir: str, name: str) -> str:
 def load_checkpoint(
     model_config: ml_collections.ConfigDict, workdir: str
 ) -> clip.ClipBundle:
-    """The configured CLIP ViT; `clip.TINY_RANDOM` writes a tiny one first."""
+    """The configured CLIP ViT; `tiny_clip.TINY_RANDOM` writes a tiny one first."""
     name = model_config.clip
-    if name == clip.TINY_RANDOM:
-        name = str(clip.save_tiny_clip(_local_dir(workdir, "tiny_clip")))
+    if name == tiny_clip.TINY_RANDOM:
+        name = str(tiny_clip.save_tiny_clip(_local_dir(workdir, "tiny_clip")))
     return clip.load_clip(name, dtype=DTYPES[model_config.dtype])
 
 
@@ -77,8 +77,8 @@ def load_vit(model_config: ml_collections.ConfigDict, workdir: str) -> Tower:
 
 
 def write_tiny_rn50(directory: str, prompts) -> str:
-    """Writes `clip_rn50_tiny`'s tiny random CLIP ResNet as a high-level export."""
-    arch, variables, prompt_embeddings = clip_rn50_tiny.tiny_clip_rn50(prompts)
+    """Writes `tiny_clip_rn50`'s tiny random CLIP ResNet as a high-level export."""
+    arch, variables, prompt_embeddings = tiny_clip_rn50.tiny_clip_rn50(prompts)
     high_level_export.write(
         directory, encoder="clip_rn50", arch=arch, variables=variables,
         prompt_embeddings=prompt_embeddings, mean=clip.OPENAI_MEAN,
@@ -112,7 +112,7 @@ def load_rn50(model_config: ml_collections.ConfigDict, workdir: str) -> Tower:
     """
     prompts = tuple(tuple(pair) for pair in model_config.prompts)
     source = model_config.clip
-    if source == clip.TINY_RANDOM:
+    if source == tiny_clip.TINY_RANDOM:
         source = write_tiny_rn50(_local_dir(workdir, "tiny_clip_rn50"), prompts)
     exported = _read_rn50(source)
     if exported.prompts != prompts:

@@ -16,7 +16,9 @@ class Pathway:
         init_variables: `rng -> {"params": ..., "batch_stats": ...}`.
         objective: `(params, batch_stats, batch) -> (loss, (batch_stats,
             metrics))`, pure and jit-able.
-        export: `(state, directory) -> None` writes what scoring needs.
+        export: `(state, directory) -> None` writes the encoder export
+            (`checkpoint.write_export`: params/ and encoder.json) that a
+            model folder is packaged from.
     """
 
     dataset: Any

@@ -1,12 +1,13 @@
 """The two trained encoders in inference mode, rebuilt and checked from exports.
 
-An export (`checkpoint.write_export`) is a folder holding `model.json` (the
-metadata a pathway writes) and `params/` (the parameter tree). Both
-encoders are rebuilt from the metadata alone, and the stored tree is checked
-against the tree that metadata builds, array by array (path, shape, dtype,
-finite values), before anything runs: a damaged or mismatched export fails
-here with ModelFolderError naming the file and the key, never later inside
-a compiled program.
+An encoder export (`checkpoint.write_export`) is a folder holding
+`encoder.json` (the metadata a pathway writes; `model.json` in older
+exports) and `params/` (the parameter tree). Both encoders are rebuilt from
+the metadata alone, and the stored tree is checked against the tree that
+metadata builds, array by array (path, shape, dtype, finite values), before
+anything runs: a damaged or mismatched export fails here with
+ModelFolderError naming the file and the key, never later inside a compiled
+program.
 """
 import contextlib
 import dataclasses
@@ -28,8 +29,8 @@ from grepq_jax.models import clip, clip_rn50
 from grepq_jax.models import low_level as low_level_model
 from grepq_jax.models.dtypes import DTYPES
 
-# checkpoint.write_export's layout (checkpoint owns it): metadata file, tree folder.
-EXPORT_METADATA, EXPORT_TREE = checkpoint.EXPORT_METADATA, checkpoint.EXPORT_TREE
+# checkpoint.write_export's layout (checkpoint owns it): the tree folder.
+EXPORT_TREE = checkpoint.EXPORT_TREE
 
 
 class ModelFolderError(ValueError):
@@ -110,7 +111,7 @@ def read_checked_export(directory, pathway: str) -> tuple[dict, dict, str]:
     """
     # Orbax wants absolute paths; epath reads gs:// too.
     directory = epath.Path(cli.absolute(os.fspath(directory)))
-    meta_path, tree_path = directory / EXPORT_METADATA, directory / EXPORT_TREE
+    meta_path, tree_path = checkpoint.export_metadata(directory), directory / EXPORT_TREE
     if not meta_path.is_file():
         raise ModelFolderError(f"{meta_path} is missing")
     metadata = read_json(meta_path)
@@ -181,7 +182,7 @@ class LowLevelEncoder:
     def from_tree(cls, tree: dict, metadata: dict, *, chunk: int,
                   source: str = "export") -> "LowLevelEncoder":
         """From `checkpoint.read_export`'s (tree, metadata), checked; source names it."""
-        meta_source = f"{source}/{EXPORT_METADATA}"
+        meta_source = str(checkpoint.export_metadata(source))
         if require(metadata, "pathway", str, meta_source) != "low_level":
             raise ModelFolderError(f"{meta_source}: expected a low_level export, got "
                                    f"pathway {metadata['pathway']!r}")
@@ -353,7 +354,8 @@ class HighLevelEncoder:
     def from_tree(cls, tree: dict, metadata: dict,
                   source: str = "export") -> "HighLevelEncoder":
         """From `checkpoint.read_export`'s (tree, metadata), checked; source names it."""
-        meta_source, tree_source = f"{source}/{EXPORT_METADATA}", f"{source}/{EXPORT_TREE}"
+        meta_source = str(checkpoint.export_metadata(source))
+        tree_source = f"{source}/{EXPORT_TREE}"
         kind = _check_high_level_metadata(metadata, meta_source)
         tower = HIGH_LEVEL_TOWERS[kind](metadata, tree.get("encoder"), meta_source,
                                         tree_source, DTYPES[metadata["dtype"]])

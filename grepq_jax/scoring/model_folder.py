@@ -8,9 +8,10 @@ A model folder (written by `grepq_jax.export`) holds:
                               "regressor"}: what is present; "zero_shot":
                              {"patch_size", "stride"}; "pristine": {"source",
                              "num_patches", "skipped_images"}
-    low_level/               checkpoint.write_export of {"params",
+    low_level/               an encoder export (checkpoint.write_export:
+                             params/ and encoder.json) of {"params",
                              "batch_stats"} and {"pathway", "model", "step"}
-    high_level/              checkpoint.write_export of {"encoder",
+    high_level/              an encoder export of {"encoder",
                              "prompt_embeddings" (P, 2, D)} and {"pathway",
                              "encoder" ("clip_vit" if absent, or "clip_rn50":
                              then tree["encoder"] is {"params",
@@ -19,6 +20,10 @@ A model folder (written by `grepq_jax.export`) holds:
     pristine_statistics.npz  PristineStatistics.to_arrays() (with low_level/)
     regressor.npz            RidgeRegressor.to_arrays() (optional)
     regressor.json           what the regressor reads and predicts (optional)
+
+Folders packaged before the encoders' metadata was named encoder.json hold
+low_level/model.json and high_level/model.json instead; checkpoint reads
+either name.
 """
 import json
 import math

@@ -27,8 +27,7 @@ from collections.abc import Callable, Iterable
 import numpy as np
 
 from grepq_jax.data import images
-# patch_grid and iter_patch_chunks too: the tiling was here first.
-from grepq_jax.scoring.patches import cut_patches, iter_patch_chunks, patch_grid  # noqa: F401
+from grepq_jax.scoring.patches import cut_patches
 
 FeaturesFn = Callable[[np.ndarray], np.ndarray]
 """(N, P, P, 3) float32 in [0, 1] -> (N, C) features (NumPy or JAX array)."""

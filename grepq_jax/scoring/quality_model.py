@@ -39,12 +39,9 @@ import numpy as np
 
 from grepq_jax.data import images as image_files
 from grepq_jax.scoring import patches, pristine, quality_map, zero_shot
-from grepq_jax.scoring.encoders import (HighLevelEncoder, LowLevelEncoder,  # noqa: F401
-                                        ModelFolderError)
-# The folder's names and readers; qm.MODEL_JSON etc. still serve older callers.
-from grepq_jax.scoring.model_folder import (  # noqa: F401
-    FORMAT_VERSION, HIGH_LEVEL_DIR, LOW_LEVEL_DIR, LOW_LEVEL_FEATURES, MODEL_JSON,
-    PRISTINE_FILE, REGRESSOR_FILE, REGRESSOR_JSON, read_description,
+from grepq_jax.scoring.encoders import HighLevelEncoder, LowLevelEncoder
+from grepq_jax.scoring.model_folder import (
+    HIGH_LEVEL_DIR, LOW_LEVEL_DIR, LOW_LEVEL_FEATURES, read_description,
     read_pristine_statistics, read_regressor, read_regressor_info)
 from grepq_jax.scoring.ridge import RidgeRegressor
 

@@ -1,4 +1,5 @@
-"""A tiny random CLIP ResNet (image tower + text tower) for smoke runs and tests.
+"""A tiny random CLIP ResNet (image tower + text tower) that stands in for
+OpenAI's RN50 in tests and offline smoke runs.
 
 What `configs/high_level.py:tiny_rn50` trains: offline, the weights drawn
 with NumPy (seeded; no init to compile). Not a quality model.
@@ -6,7 +7,7 @@ with NumPy (seeded; no init to compile). Not a quality model.
     image tower  ModifiedResNetArch(layers (1, 1, 1, 1), width 8, 2 pool heads,
                  embed_dim 16, native size 64)
     text tower   width 32, 2 layers, 2 heads, context 16, projection to 16,
-                 with `clip.tiny_tokenizer()`'s vocabulary
+                 with `tiny_clip.tiny_tokenizer()`'s vocabulary
 """
 from __future__ import annotations
 
@@ -16,8 +17,9 @@ import jax
 import numpy as np
 from flax.traverse_util import unflatten_dict
 
-from grepq_jax.models import clip, clip_rn50, clip_rn50_text
+from grepq_jax.models import clip_rn50, clip_rn50_text
 from grepq_jax.models.torch_convert import variable_shapes
+from grepq_jax.stand_ins import tiny_clip
 
 IMAGE_ARCH = clip_rn50.ModifiedResNetArch(layers=(1, 1, 1, 1), width=8, heads=2, embed_dim=16,
                                           image_size=64)
@@ -66,7 +68,7 @@ def tiny_clip_rn50(prompts: Sequence[tuple[str, str]], seed: int = 0
     embeds them in a converted RN50.
     """
     variables = random_variables(variable_shapes(clip_rn50.ModifiedResNet(IMAGE_ARCH)), seed)
-    tokenizer = clip.tiny_tokenizer()
+    tokenizer = tiny_clip.tiny_tokenizer()
     arch = text_arch(len(tokenizer))
     params = random_variables(clip_rn50_text.param_shapes(arch), seed + 1)
     tower = clip_rn50_text.text_tower(arch, params, tokenizer)
