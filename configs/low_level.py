@@ -64,16 +64,7 @@ def get_config(arg: str = "default") -> ml_collections.ConfigDict:
     config.checkpoint_every_steps = 20
     config.keep_checkpoints = 3
 
-    if arg == "default":
-        # The CPU demonstration (docs/quality.md measured these): 96 px views,
-        # the scoring patch's size, are ~5x cheaper than 224 px, so the same
-        # compute runs 300 steps; from scratch in so few steps, 1e-3 learns
-        # where the paper's 1e-4 (for 100,000s of steps) barely moves.
-        config.data.fragment_grid = 3
-        config.optim.learning_rate = 1e-3
-        config.num_epochs = 75
-        config.checkpoint_every_steps = 100
-    elif arg == "paper":
+    if arg == "paper":
         config.data.workers = -1
         config.batch_size = 8
         config.checkpoint_every_steps = 500
