@@ -271,6 +271,9 @@ def main() -> None:
     parser.add_argument("--paper_workdir", default=None,
                         help="A :paper run's workdir (default: OUT/runs/paper, trained).")
     parser.add_argument("--no_paper", action="store_true", help="Leave out the :paper row.")
+    parser.add_argument("--no_peers", action="store_true",
+                        help="Leave out the NIQE and FSIMc rows (they do not change "
+                             "with training: compare with an earlier run's table).")
     parser.add_argument("--model", action="append", default=[], metavar="LABEL=DIR",
                         help="Another model folder to rank (repeatable).")
     parser.add_argument("--niqe_cache", default="~/.cache/basicsr",
@@ -305,11 +308,12 @@ def main() -> None:
     folders.update(extra)
 
     methods = {label: grepq_method(folder) for label, folder in folders.items()}
-    try:
-        methods["NIQE (basicsr)"] = niqe_method(args.niqe_cache)
-    except (ImportError, FileNotFoundError) as error:
-        print(f"NIQE row skipped: {error}", file=sys.stderr)
-    methods["FSIMc (full reference)"] = fsim_method()
+    if not args.no_peers:
+        try:
+            methods["NIQE (basicsr)"] = niqe_method(args.niqe_cache)
+        except (ImportError, FileNotFoundError) as error:
+            print(f"NIQE row skipped: {error}", file=sys.stderr)
+        methods["FSIMc (full reference)"] = fsim_method()
 
     names = list(HELD_OUT)[:2 if args.quick else args.images]
     families = {**UNSEEN, **TRAINING}

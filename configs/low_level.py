@@ -31,6 +31,9 @@ def get_config(arg: str = "default") -> ml_collections.ConfigDict:
     config.data.fragment_size = 32
     config.data.min_side = 32
     config.data.max_side = 0  # 0: no limit; else larger images are shrunk
+    # Layout "pristine": each image is a group at each of these scales
+    # (area-shrunk, in (0, 1]): more groups, the scenes' textures coarser.
+    config.data.scales = (1.0,)
     config.data.fsim_chromatic = True
     config.data.prefetch = 2
     # Batch-making processes (-1: a core each but one); 0 keeps one thread,

@@ -30,7 +30,7 @@ def make_config(**fields) -> ml_collections.ConfigDict:
     """The data fields configs/low_level.py defines, shrunk for tests."""
     config = dict(path="", layout="pristine", distortions="livefb",
                   fragment_grid=4, fragment_size=8, min_side=32, max_side=0,
-                  fsim_chromatic=True, prefetch=2, workers=0)
+                  scales=(1.0,), fsim_chromatic=True, prefetch=2, workers=0)
     config.update(fields)
     return ml_collections.ConfigDict(config)
 
@@ -273,10 +273,29 @@ def test_bad_config_fields_are_named(fake_fsim, photo_folder):
                           (dict(distortions="tid"), "tid"),
                           (dict(fragment_size=0), "fragment_size"),
                           (dict(max_side=16), "max_side"),
+                          (dict(scales=(1.0, 2.0)), "scales"),
+                          (dict(scales=()), "scales"),
                           (dict(layout="predistorted", path=""), "predistorted")]:
         with pytest.raises(ValueError, match=field):
             low_level.create_low_level_dataset(
                 make_config(**{"path": str(photo_folder), **fields}), seed=0)
+
+
+def test_scales_add_a_shrunk_group_per_image_after_the_originals(photo_folder,
+                                                                 fake_fsim):
+    config = make_config(path=str(photo_folder), min_side=16)
+    alone = low_level.create_low_level_dataset(config, seed=0)
+    config.scales = (1.0, 0.5)
+    both = low_level.create_low_level_dataset(config, seed=0)
+    assert both.num_groups == 2 * alone.num_groups == 10
+    for group in range(alone.num_groups):  # Scale 1's groups are unchanged.
+        np.testing.assert_array_equal(both.versions(group), alone.versions(group))
+        assert both.versions(alone.num_groups + group).shape == (9, 24, 32, 3)
+    last = images.load_image(photo_folder / "photo4.png", min_side=16, max_side=0)
+    np.testing.assert_array_equal(both.versions(9)[0],
+                                  images.to_uint8(images.limit_longer_side(last, 32)))
+    config.min_side = 32  # 24 px after shrinking: those groups are skipped.
+    assert low_level.create_low_level_dataset(config, seed=0).num_groups == 5
 
 
 def test_max_side_downscales_with_an_area_filter():

@@ -59,6 +59,16 @@ def _distorted_versions(read: Callable[[], np.ndarray], set_name: str,
     return images.to_uint8(distortions.make_versions(read(), set_name, rng))
 
 
+def _rescaled(read: Callable[[], np.ndarray], scale: float,
+              min_side: int) -> np.ndarray:
+    """read()'s image shrunk by `scale` (area filter): the same scene at a
+    coarser scale, a further group with different textures per fragment."""
+    image = read()
+    side = max(1, round(max(image.shape[:2]) * scale))
+    return images.fit_size(images.limit_longer_side(image, side),
+                           min_side=min_side, max_side=0)
+
+
 def _version_files(paths: tuple[Path, ...], min_side: int,
                    max_side: int) -> np.ndarray:
     """The pre-distorted versions of one group, stacked in file-name order
@@ -99,10 +109,17 @@ def _pristine_groups(config: ml_collections.ConfigDict, seed: int) -> list[fsim_
     else:
         sources = [(name, name, functools.partial(step_dataset.embedded_image, name, **sizes))
                    for name in corpus.EMBEDDED_PHOTOGRAPHS]
+    # Each scale adds a group per image after all of the previous scale's, so
+    # the groups (and distortion seeds) of scale 1 stay what they were alone.
+    scaled = [(label if scale == 1 else f"{label}@{scale:g}",
+               fingerprint if scale == 1 else f"{fingerprint}@{scale:g}",
+               read if scale == 1 else functools.partial(_rescaled, read, scale,
+                                                         config.min_side))
+              for scale in config.scales for label, fingerprint, read in sources]
     return [fsim_labels.Group(label, fingerprint,
                    functools.partial(_distorted_versions, read,
                                      config.distortions, seed, index))
-            for index, (label, fingerprint, read) in enumerate(sources)]
+            for index, (label, fingerprint, read) in enumerate(scaled)]
 
 
 def _predistorted_groups(config: ml_collections.ConfigDict
@@ -151,6 +168,9 @@ def _check_config(config: ml_collections.ConfigDict, seed: int):
     elif not config.path:
         raise ValueError("data.layout='predistorted' needs data.path: the "
                          "embedded corpus holds only pristine photographs")
+    if not config.scales or not all(0 < scale <= 1 for scale in config.scales):
+        raise ValueError(f"data.scales must be a non-empty tuple of scales in "
+                         f"(0, 1], got {config.scales!r}")
     for field in ("fragment_grid", "fragment_size", "min_side"):
         if config[field] < 1:
             raise ValueError(f"data.{field} must be >= 1, got {config[field]}")
