@@ -239,7 +239,10 @@ def jpeg2000(image, level, rng):
 def white_noise(image, level, rng):
     """Additive white Gaussian noise, variance 0.001 to 0.01."""
     variance = _parameter((0.001, 0.002, 0.003, 0.005, 0.01), level)
-    return _finish(image + rng.normal(0, np.sqrt(variance), image.shape))
+    # In place on the float64 noise: the values of image + noise, fewer passes.
+    noisy = rng.normal(0, np.sqrt(variance), image.shape)
+    noisy += image
+    return np.clip(noisy, 0.0, 1.0, out=noisy).astype(np.float32)
 
 
 def white_noise_color(image, level, rng):
@@ -465,3 +468,31 @@ def make_versions(image: np.ndarray, set_name: str,
     versions = [image] + [DISTORTIONS[name](image, level, rng)
                           for name, level in recipe]
     return np.stack(versions)
+
+
+def make_versions_uint8(image: np.ndarray, set_name: str,
+                        rng: np.random.Generator) -> np.ndarray:
+    """`make_versions` rounded to 8 bits as the label pass stores them.
+
+    The same bytes as `images.to_uint8(make_versions(...))` (rounding to the
+    nearest of 256 levels in float32), each version converted as soon as it
+    is made: no (V, H, W, 3) float stack, and a few passes over one version
+    at a time instead of over all of them.
+
+    Raises ValueError if the image holds NaN or infinite values.
+    """
+    recipe = distortion_set(set_name)
+    image = np.asarray(image, np.float32)
+    if image.ndim != 3 or image.shape[-1] != 3:
+        raise ValueError(f"image must be (H, W, 3), got shape {image.shape}")
+    if not np.isfinite(image).all():
+        raise ValueError("image pixels are not finite")
+    out = np.empty((1 + len(recipe),) + image.shape, np.uint8)
+    scratch = np.empty(image.shape, np.float32)
+    for index, (name, level) in enumerate((("reference", 0),) + recipe):
+        version = image if index == 0 else DISTORTIONS[name](image, level, rng)
+        np.clip(version, 0, 1, out=scratch)
+        scratch *= 255
+        scratch += 0.5
+        out[index] = scratch  # Truncation toward zero, as astype(np.uint8).
+    return out

@@ -12,6 +12,9 @@ import pathlib
 
 import numpy as np
 import pytest
+import skimage.data
+
+from grepq_jax import distortions
 
 FIXTURES = pathlib.Path(__file__).parent / "fixtures"
 _spec = importlib.util.spec_from_file_location(
@@ -21,13 +24,21 @@ _spec.loader.exec_module(reference)
 PINNED = json.loads((FIXTURES / "distortion_hashes.json").read_text())
 
 
+def uint8_versions(case):
+    """The case through `make_versions_uint8`, the label pass's own path."""
+    photo, top, left, height, width, set_name, index = reference.CASES[case]
+    image = getattr(skimage.data, photo)()[top:top + height, left:left + width]
+    return distortions.make_versions_uint8(
+        image.astype(np.float32) / 255, set_name, np.random.default_rng([0, 0, index]))
+
+
+@pytest.mark.parametrize("build", [reference.case_versions, uint8_versions],
+                         ids=["make_versions", "make_versions_uint8"])
 @pytest.mark.parametrize("case", sorted(reference.CASES))
-def test_versions_have_their_pinned_bytes(case):
-    from grepq_jax import distortions
-    _, _, _, _, _, set_name, _ = reference.CASES[case]
-    recipe = ("reference",) + distortions.distortion_set(set_name)
-    versions = reference.case_versions(case)
-    assert len(versions) == len(PINNED[case])
+def test_versions_have_their_pinned_bytes(case, build):
+    recipe = ("reference",) + distortions.distortion_set(reference.CASES[case][5])
+    versions = build(case)
+    assert versions.dtype == np.uint8 and len(versions) == len(PINNED[case])
     changed = [recipe[i] for i, (got, want) in enumerate(
         zip(reference.version_hashes(versions), PINNED[case])) if got != want]
     assert not changed, f"{case}: versions changed: {changed}"
