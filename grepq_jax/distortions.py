@@ -239,8 +239,11 @@ def jpeg2000(image, level, rng):
 def white_noise(image, level, rng):
     """Additive white Gaussian noise, variance 0.001 to 0.01."""
     variance = _parameter((0.001, 0.002, 0.003, 0.005, 0.01), level)
-    # In place on the float64 noise: the values of image + noise, fewer passes.
-    noisy = rng.normal(0, np.sqrt(variance), image.shape)
+    # rng.normal(0, s) is s * standard_normal() from the same stream, made
+    # faster this way; in place on the float64 noise, the values of
+    # image + noise in fewer passes.
+    noisy = rng.standard_normal(image.shape)
+    noisy *= np.sqrt(variance)
     noisy += image
     return np.clip(noisy, 0.0, 1.0, out=noisy).astype(np.float32)
 
