@@ -17,13 +17,23 @@ so that height and width are each drawn uniformly from [--min_side,
 - **per-shape jit** (what the pass did before: `fsim.fsim_matrix` jitted for
   each group's shape, compile included) on the same groups, for the record.
 
+`--profile=N` instead times each stage of the pass for N groups of the same
+corpus, one stage at a time in this process (no overlap): decoding, each
+distortion, rounding to 8 bits, the host maps (pooling, YIQ, gradient), the
+log-Gabor bank of the size, the host FFT filtering, the device program (at
+the pass's call size, a call of copies of the group, per group; compiling
+reported apart, as a first run's excess over a second) and the cache
+writes; and prints each stage's share.
+
 Run with a Python that has torch and piq (benchmark-only), the peer at its best:
   GLIBC_TUNABLES=glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=1000000000000 \\
     /work/venv-ref/bin/python benchmarks/bench_label_pass.py --images=200
-  ... --quick     # smoke run: 12 images, 2 peer groups
+  ... --quick       # smoke run: 12 images, 2 peer groups
+  ... --profile=8   # stage shares over 8 groups (no torch needed)
 """
 
 import argparse
+import collections
 import os
 import statistics
 import sys
@@ -38,9 +48,12 @@ import ml_collections  # noqa: E402
 import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
+from grepq_jax import distortions  # noqa: E402
 from grepq_jax import fsim  # noqa: E402
 from grepq_jax import fsim_bucketed  # noqa: E402
 from grepq_jax.data import corpus  # noqa: E402
+from grepq_jax.data import fsim_labels  # noqa: E402
+from grepq_jax.data import images  # noqa: E402
 from grepq_jax.data import low_level  # noqa: E402
 
 
@@ -78,7 +91,7 @@ def peer_seconds(versions: np.ndarray, pairs_per_call: int):
     import torch
 
     rows, cols = np.triu_indices(len(versions), k=1)
-    tensor = torch.from_numpy(versions).permute(0, 3, 1, 2).float() / 255
+    tensor = torch.from_numpy(versions.copy()).permute(0, 3, 1, 2).float() / 255
     started = time.perf_counter()
     scores = []
     with torch.no_grad():
@@ -92,13 +105,70 @@ def peer_seconds(versions: np.ndarray, pairs_per_call: int):
     return seconds, matrix
 
 
+def profile_stages(photos: str, count: int, cache_dir: str, set_name: str = "livefb"):
+    """Prints the seconds a group and the share of each stage of the pass."""
+    seconds = collections.defaultdict(float)
+
+    def timed(stage, function, *args, **kwargs):
+        started = time.perf_counter()
+        result = function(*args, **kwargs)
+        seconds[stage] += time.perf_counter() - started
+        return result
+
+    cache = fsim_labels.LabelCache(cache_dir, "profile", writer=True)
+    names = sorted(os.listdir(photos))[:count]
+    for index, name in enumerate(names):
+        image = timed("decode", images.load_image, os.path.join(photos, name),
+                      min_side=32, max_side=0)
+        versions = timed("versions: make_versions_uint8", distortions.make_versions_uint8,
+                         image, set_name, np.random.default_rng([0, 0, index]))
+        rng = np.random.default_rng([0, 0, index])  # the same draws, stage by stage
+        for distortion, level in distortions.distortion_set(set_name):
+            timed(f"  of which {distortion}", distortions.DISTORTIONS[distortion],
+                  image, level, rng)
+        timed("check_images", fsim.check_images, versions, data_range=255)
+        maps = timed("host maps (pool, YIQ, gradient)", fsim_bucketed.host_maps,
+                     versions, data_range=255, chromatic=True)
+        count_v, h, w = maps.luma.shape
+        timed("log-Gabor bank of the size", fsim.log_gabor_bank, h, w)
+        bucket = fsim_bucketed.bucket_size(h * w)
+        size = fsim_bucketed.groups_per_call(bucket, count_v)
+        call = fsim_bucketed._Call(bucket, size, count_v, True)
+        timed("host FFT filtering", call.put, name, maps)
+        for row in range(1, size):  # copies: the call's size, as in the pass
+            call.responses[row], call.gradient[row] = call.responses[0], call.gradient[0]
+            call.chroma[row], call.noise_scale[row] = call.chroma[0], call.noise_scale[0]
+            call.pixels[row] = call.pixels[0]
+        programs = fsim_bucketed.compiled_programs()
+        started = time.perf_counter()
+        matrices = np.asarray(call.run())
+        elapsed = time.perf_counter() - started
+        if fsim_bucketed.compiled_programs() > programs:  # run it again, compiled
+            started, first = time.perf_counter(), elapsed
+            matrices = np.asarray(call.run())
+            elapsed = time.perf_counter() - started
+            seconds["(compiling, once a bucket)"] += first - elapsed
+        seconds["device program (per group)"] += elapsed / size
+        timed("cache write", cache.put, name, matrices[0])
+    timed("cache write", cache.save)
+    work = sum(value for stage, value in seconds.items()
+               if not stage.startswith(("  ", "(")))
+    print(f"{len(names)} groups, {work / len(names):.3f} s a group without compiling:")
+    for stage, value in seconds.items():
+        share = "" if stage.startswith("(") else f"{100 * value / work:5.1f}%"
+        print(f"  {stage:36s} {value / len(names):7.3f} s {share}")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--images", type=int, default=200)
     parser.add_argument("--min_side", type=int, default=300)
     parser.add_argument("--max_side", type=int, default=1600)
     parser.add_argument("--workers", type=int, default=0,
-                        help="our data.workers (0: versions built in the pass's process)")
+                        help="our data.workers (0: versions built by a thread of "
+                             "the pass's process)")
+    parser.add_argument("--profile", type=int, default=0,
+                        help="time each stage over this many groups instead")
     parser.add_argument("--peer_groups", type=int, default=6)
     parser.add_argument("--pairs_per_call", type=int, default=12)
     parser.add_argument("--torch_threads", type=int, default=len(os.sched_getaffinity(0)))
@@ -115,6 +185,9 @@ def main():
         sizes = write_corpus(photos, args.images, args.min_side, args.max_side)
         print(f"corpus: {len(sizes)} photographs, {len(set(sizes))} distinct sizes, "
               f"sides {args.min_side}..{args.max_side} px")
+        if args.profile:
+            profile_stages(photos, args.profile, os.path.join(folder, "cache"))
+            return
 
         before = fsim_bucketed.compiled_programs()
         started = time.perf_counter()

@@ -24,9 +24,10 @@ _T2_GRADIENT = 160.0
 _T3_I = 200.0
 _T4_Q = 200.0
 _LAMBDA_CHROMA = 0.03
-# Phase-congruency defaults of the reference code.
-_SCALES = 4
-_ORIENTATIONS = 4
+# Phase-congruency defaults of the reference code. Public, with RGB_TO_YIQ,
+# check_shape and log_gabor_bank: fsim_bucketed computes the same maps on the host.
+SCALES = 4
+ORIENTATIONS = 4
 _MIN_WAVELENGTH = 6
 _MULT = 2
 _SIGMA_ON_F = 0.55
@@ -41,7 +42,7 @@ _EPS = float(np.finfo(np.float32).eps)
 # Below the finest filter's wavelength there is nothing for it to measure.
 MIN_SIDE = _MIN_WAVELENGTH
 # NTSC RGB -> YIQ, rows Y, I, Q.
-_RGB_TO_YIQ = np.array(
+RGB_TO_YIQ = np.array(
     [[0.299, 0.587, 0.114], [0.5959, -0.2746, -0.3213], [0.2115, -0.5227, 0.3112]],
     np.float32,
 )
@@ -89,7 +90,7 @@ def check_images(images, data_range: float = 1.0, name: str = "images"):
         )
 
 
-def _check_shape(shape, rank: int, name: str, chromatic: bool):
+def check_shape(shape, rank: int, name: str, chromatic: bool):
     """Trace-time checks of rank, channels and size; raises ValueError."""
     if len(shape) != rank:
         layout = "(N, H, W, C)" if rank == 4 else "(G, V, H, W, C)"
@@ -145,12 +146,12 @@ def log_gabor_bank(height: int, width: int):
     lowpass = 1.0 / (1.0 + (radius / _LOWPASS_CUTOFF) ** (2 * _LOWPASS_ORDER))
     radius[0, 0] = 1.0  # keeps log() finite; that bin is zeroed below
 
-    wavelengths = _MIN_WAVELENGTH * _MULT ** np.arange(_SCALES)
+    wavelengths = _MIN_WAVELENGTH * _MULT ** np.arange(SCALES)
     log_ratio = np.log(radius[None] * wavelengths[:, None, None])
     radial = np.exp(-(log_ratio**2) / (2 * math.log(_SIGMA_ON_F) ** 2)) * lowpass
     radial[:, 0, 0] = 0.0
 
-    angles = np.arange(_ORIENTATIONS) * math.pi / _ORIENTATIONS
+    angles = np.arange(ORIENTATIONS) * math.pi / ORIENTATIONS
     # atan2 of sine and cosine differences avoids the angular wrap-around.
     d_sin = (
         np.sin(theta)[None] * np.cos(angles)[:, None, None]
@@ -160,7 +161,7 @@ def log_gabor_bank(height: int, width: int):
         np.cos(theta)[None] * np.cos(angles)[:, None, None]
         + np.sin(theta)[None] * np.sin(angles)[:, None, None]
     )
-    theta_sigma = math.pi / (_ORIENTATIONS * _D_THETA_ON_SIGMA)
+    theta_sigma = math.pi / (ORIENTATIONS * _D_THETA_ON_SIGMA)
     spread = np.exp(-np.arctan2(d_sin, d_cos) ** 2 / (2 * theta_sigma**2))
 
     filters = spread[:, None] * radial[None]
@@ -185,8 +186,8 @@ def _noise_scale(filters: np.ndarray) -> np.ndarray:
     auto = np.sum(symmetric**2, axis=(1, 2, 3))
     cross = sum(
         np.sum(symmetric[:, s] * symmetric[:, t], axis=(-2, -1))
-        for s in range(_SCALES)
-        for t in range(s + 1, _SCALES)
+        for s in range(SCALES)
+        for t in range(s + 1, SCALES)
     )
     tau_over_sqrt_median = np.sqrt(
         (2 * auto + 4 * cross) / (2 * math.log(2) * finest_energy)
@@ -324,9 +325,9 @@ def congruency_of_responses(
     # Explicit slices and sums rather than axis reductions: XLA:CPU fuses them
     # into one vectorised loop, about 7x faster than reducing over (O, S).
     energy = amplitude = 0.0
-    for o in range(_ORIENTATIONS):
-        even = [responses[o, s].real for s in range(_SCALES)]
-        odd = [responses[o, s].imag for s in range(_SCALES)]
+    for o in range(ORIENTATIONS):
+        even = [responses[o, s].real for s in range(SCALES)]
+        odd = [responses[o, s].imag for s in range(SCALES)]
         energy += jnp.maximum(_phase_energy(even, odd) - thresholds[o], 0.0)
         amplitude += sum(_safe_sqrt(e**2 + d**2) for e, d in zip(even, odd))
     return (energy + _EPS) / (amplitude + _EPS)
@@ -370,7 +371,7 @@ def _average_pool(images: jax.Array, factor: int) -> jax.Array:
 def _yiq(images: jax.Array) -> list:
     """[Y, I, Q] maps (N, h, w) of RGB (N, h, w, 3)."""
     r, g, b = images[..., 0], images[..., 1], images[..., 2]
-    return [wr * r + wg * g + wb * b for wr, wg, wb in _RGB_TO_YIQ.tolist()]
+    return [wr * r + wg * g + wb * b for wr, wg, wb in RGB_TO_YIQ.tolist()]
 
 
 def fsim_features(
@@ -386,7 +387,7 @@ def fsim_features(
     Returns:
       FsimFeatures with maps (N, h, w), h = H // F, w = W // F.
     """
-    _check_shape(images.shape, 4, "images", chromatic)
+    check_shape(images.shape, 4, "images", chromatic)
     images = jnp.asarray(images, jnp.float32)
     # Poison bad pixels (NaN fails both tests): through the Fourier transform
     # one NaN reaches every phase-congruency pixel, hence every score. This
@@ -460,7 +461,7 @@ def fsim(
       out-of-range pixels.
     """
     x, y = jnp.asarray(x), jnp.asarray(y)
-    _check_shape(x.shape, 4, "x", chromatic)
+    check_shape(x.shape, 4, "x", chromatic)
     if x.shape != y.shape:
         raise ValueError(
             f"x and y must have the same shape, got {x.shape} and {y.shape}"
@@ -511,7 +512,7 @@ def fsim_matrix(
       feature computations and G*V*(V-1)/2 cheap combinations.
     """
     versions = jnp.asarray(versions)
-    _check_shape(versions.shape, 5, "versions", chromatic)
+    check_shape(versions.shape, 5, "versions", chromatic)
     groups, count = versions.shape[:2]
     features = fsim_features(
         versions.reshape(-1, *versions.shape[2:]),

@@ -61,14 +61,11 @@ def host_maps(versions: np.ndarray, *, data_range: float, chromatic: bool) -> Ho
 
     Raises ValueError for a bad shape or an image too small for FSIM.
     """
-    fsim._check_shape((1,) + versions.shape, 5, "versions", chromatic)
+    fsim.check_shape((1,) + versions.shape, 5, "versions", chromatic)
     count, height, width, channels = versions.shape
     factor = fsim.downsampling_factor(height, width)
     h, w = height // factor, width // factor
-    x = np.asarray(versions)
-    # A sum of strided slices: NumPy's mean over reshaped axes is far slower.
-    x = sum(x[:, dy : h * factor : factor, dx : w * factor : factor].astype(np.float32)
-            for dy in range(factor) for dx in range(factor))
+    x = _pixel_sums(np.asarray(versions), factor)
     x *= np.float32(255.0 / data_range / factor**2)  # FSIM's constants are for 0-255.
     if not np.issubdtype(versions.dtype, np.integer) or versions.max() > data_range:
         # An image with a bad pixel where FSIM looks becomes NaN: through the
@@ -76,12 +73,34 @@ def host_maps(versions: np.ndarray, *, data_range: float, chromatic: bool) -> Ho
         kept = versions[:, : h * factor, : w * factor]
         x[~((kept >= 0) & (kept <= data_range)).all(axis=(1, 2, 3))] = np.nan
     if channels == 3:
-        luma, i, q = np.moveaxis(x @ fsim._RGB_TO_YIQ.T, -1, 0)
+        luma, i, q = np.moveaxis(x @ fsim.RGB_TO_YIQ.T, -1, 0)
     else:
         luma, i, q = x[..., 0], None, None
     if not chromatic:
         i = q = None
     return HostMaps(luma, i, q, _gradient_magnitude(luma))
+
+
+def _pixel_sums(x: np.ndarray, factor: int) -> np.ndarray:
+    """(V, H, W, C) -> (V, h, w, C) float32 sums of factor x factor blocks.
+
+    Rows first, then columns, each a sum of strided slices (NumPy's reductions
+    over reshaped axes are far slower). 8-bit pixels are summed as integers,
+    exactly (factor**2 * 255 < 2**24 fits float32), and in uint16 while a
+    column of factor values fits.
+    """
+    count, height, width, channels = x.shape
+    h, w = height // factor, width // factor
+    x = x[:, : h * factor, : w * factor]
+    exact = x.dtype == np.uint8 and factor * 255 <= np.iinfo(np.uint16).max
+    rows = x[:, ::factor].astype(np.uint16 if exact else np.float32)
+    for dy in range(1, factor):
+        rows += x[:, dy::factor]
+    rows = rows.reshape(count, h, w, factor, channels)
+    total = rows[:, :, :, 0].astype(np.float32)
+    for dx in range(1, factor):
+        total += rows[:, :, :, dx]
+    return total
 
 
 def _gradient_magnitude(luma: np.ndarray) -> np.ndarray:
@@ -109,10 +128,10 @@ class _Call:
     def __init__(self, bucket: int, size: int, versions: int, chromatic: bool):
         shape = (size, versions)
         self.responses = np.zeros(
-            shape + (fsim._ORIENTATIONS, fsim._SCALES, bucket), np.complex64)
+            shape + (fsim.ORIENTATIONS, fsim.SCALES, bucket), np.complex64)
         self.gradient = np.zeros(shape + (bucket,), np.float32)
         self.chroma = np.zeros(shape + (2, bucket), np.float32) if chromatic else None
-        self.noise_scale = np.zeros((size, fsim._ORIENTATIONS), np.float32)
+        self.noise_scale = np.zeros((size, fsim.ORIENTATIONS), np.float32)
         self.pixels = np.ones(size, np.int32)  # unused rows: one zero pixel
         self.keys = []
 
@@ -120,9 +139,14 @@ class _Call:
         row, (count, h, w) = len(self.keys), maps.luma.shape
         filters, self.noise_scale[row] = fsim.log_gabor_bank(h, w)
         spectrum = scipy.fft.fft2(maps.luma, workers=_fft_workers())
-        responses = scipy.fft.ifft2(spectrum[:, None, None] * filters,
-                                    workers=_fft_workers(), overwrite_x=True)
-        self.responses[row, ..., : h * w] = responses.reshape(count, *filters.shape[:2], -1)
+        # Filtered and transformed back where the call reads them: the first
+        # h * w entries of each row, viewed as (h, w), no copy.
+        target = self.responses[row, ..., : h * w].reshape(count, *filters.shape)
+        assert np.may_share_memory(target, self.responses)  # a view, never a copy
+        np.multiply(spectrum[:, None, None], filters, out=target)
+        responses = scipy.fft.ifft2(target, workers=_fft_workers(), overwrite_x=True)
+        if not np.may_share_memory(responses, target):  # A SciPy that did not overwrite.
+            target[...] = responses
         self.gradient[row, :, : h * w] = maps.gradient.reshape(count, -1)
         if self.chroma is not None:
             self.chroma[row, :, 0, : h * w] = maps.i.reshape(count, -1)

@@ -151,3 +151,16 @@ def test_too_small_or_odd_shapes_are_refused():
     with pytest.raises(ValueError, match="channels"):
         stream.add(0, photo_group(40, 40)[..., :2])
     assert stream.finish() == []
+
+
+@pytest.mark.parametrize("factor", [1, 2, 3, 6])
+def test_host_pooling_of_bytes_is_exact(factor):
+    """8-bit pixels pooled as integers: every block sum exact, whatever the order."""
+    versions = np.random.default_rng(factor).integers(
+        0, 256, (2, 6 * factor + 5, 4 * factor + 3, 3), dtype=np.uint8)
+    h, w = versions.shape[1] // factor, versions.shape[2] // factor
+    blocks = versions[:, : h * factor, : w * factor].astype(np.int64).reshape(
+        2, h, factor, w, factor, 3).sum(axis=(2, 4))
+    sums = fsim_bucketed._pixel_sums(versions, factor)
+    assert sums.dtype == np.float32
+    np.testing.assert_array_equal(sums, blocks)

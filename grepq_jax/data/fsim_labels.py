@@ -3,10 +3,10 @@
 Soft labels are the FSIM matrices of each group's full-resolution 8-bit
 versions. They depend only on the group, so they are computed once, when the
 dataset is created (which also validates every file by decoding it fully).
-Versions are built by `workers` processes while this one runs FSIM through
-`fsim_bucketed` (any image size, a bounded number of compiled programs,
-several groups per device call). A progress bar shows groups/s and the time
-left.
+Versions are built by `workers` processes (or, with 0, a thread) while this
+one runs FSIM through `fsim_bucketed` (any image size, a bounded number of
+compiled programs, several groups per device call). A progress bar shows
+groups/s and the time left.
 
 The cache (`LabelCache`, any folder etils.epath opens, gs:// included) is one
 .npz per dataset fingerprint; while the pass runs, the matrices found are
@@ -147,6 +147,25 @@ def _build_or_reason(group: Group) -> tuple[np.ndarray | None, str | None]:
         return None, str(error)
 
 
+def _built_ahead(groups: list[Group], workers: int):
+    """_build_or_reason of each group, in order, made ahead of its FSIM.
+
+    By `workers` processes, or (0) by one thread beside this one: NumPy,
+    SciPy, Pillow and XLA release the GIL, so building the next group's
+    versions overlaps this group's FSIM. Closing the iterator stops them.
+    """
+    if stream.resolve_workers(workers):
+        yield from stream.ordered_map(_build_or_reason, groups, workers=workers)
+        return
+    ahead = stream.prefetched(range(len(groups)),
+                              lambda index: _build_or_reason(groups[index]), depth=2)
+    try:
+        for _, result in ahead:
+            yield result
+    finally:
+        ahead.close()
+
+
 class _Progress:
     """A progress bar (groups/s, time left) and, for logs, a line every 10 s."""
 
@@ -203,8 +222,7 @@ def label_groups(groups: Sequence[Group], *, workers: int, chromatic: bool,
             progress.advance()
 
     labeller = fsim_bucketed.MatrixStream(data_range=255, chromatic=chromatic)
-    built = stream.ordered_map(_build_or_reason, [groups[i] for i in todo],
-                               workers=workers)
+    built = _built_ahead([groups[i] for i in todo], workers)
     try:
         for index, (versions, reason) in zip(todo, built):
             if reason is None:

@@ -56,7 +56,7 @@ _DECODED_BUDGET_BYTES = 256 << 20
 def _distorted_versions(read: Callable[[], np.ndarray], set_name: str,
                         seed: int, index: int) -> np.ndarray:
     rng = np.random.default_rng([seed, _VERSIONS_STREAM, index])
-    return images.to_uint8(distortions.make_versions(read(), set_name, rng))
+    return distortions.make_versions_uint8(read(), set_name, rng)
 
 
 def _rescaled(read: Callable[[], np.ndarray], scale: float,
