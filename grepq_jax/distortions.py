@@ -33,6 +33,8 @@ import numpy as np
 from PIL import Image, features
 from scipy import ndimage, signal
 
+from grepq_jax.data import images
+
 Distortion = Callable[[np.ndarray, int, np.random.Generator], np.ndarray]
 
 NUM_LEVELS = 5
@@ -481,26 +483,15 @@ def make_versions_uint8(image: np.ndarray, set_name: str,
                         rng: np.random.Generator) -> np.ndarray:
     """`make_versions` rounded to 8 bits, as the label pass stores them.
 
-    The same bytes as `images.to_uint8(make_versions(...))` (the nearest of
-    256 levels, computed in float32), each version rounded as soon as it is
-    made: no (V, H, W, 3) float stack, and a few passes over one version at a
-    time instead of over all of them.
+    The same bytes as `images.to_uint8(make_versions(...))`, each version
+    rounded (and checked finite) as soon as it is made: no (V, H, W, 3) float
+    stack.
 
-    Raises ValueError if the image holds NaN or infinite values.
+    Raises images.UnusableImageError if a version holds NaN or infinite values.
     """
     recipe, image = distortion_set(set_name), _reference(image)
-    if not np.isfinite(image).all():
-        raise ValueError("image pixels are not finite")
     out = np.empty((1 + len(recipe),) + image.shape, np.uint8)
-    scratch = np.empty(image.shape, np.float32)
-
-    def store(index: int, version: np.ndarray):
-        np.clip(version, 0, 1, out=scratch)
-        np.multiply(scratch, 255, out=scratch)
-        np.add(scratch, 0.5, out=scratch)
-        out[index] = scratch  # Truncation toward zero, as astype(np.uint8).
-
-    store(0, image)
+    out[0] = images.to_uint8(image)
     for index, (name, level) in enumerate(recipe, start=1):
-        store(index, DISTORTIONS[name](image, level, rng))
+        out[index] = images.to_uint8(DISTORTIONS[name](image, level, rng))
     return out

@@ -49,3 +49,13 @@ def test_a_changed_pixel_changes_the_hash():
     versions[3, 10, 10, 1] ^= 1
     assert reference.version_hashes(versions)[3] != PINNED["astronaut_64x80_kadid"][3]
     assert reference.version_hashes(versions)[2] == PINNED["astronaut_64x80_kadid"][2]
+
+
+def test_a_version_that_is_not_finite_makes_the_group_unusable(monkeypatch):
+    """The label pass skips such a group by name (UnusableImageError), never stores it."""
+    from grepq_jax.data import images
+    monkeypatch.setitem(distortions.DISTORTIONS, "jpeg",
+                        lambda image, level, rng: np.full_like(image, np.nan))
+    with pytest.raises(images.UnusableImageError, match="not finite"):
+        distortions.make_versions_uint8(np.full((8, 8, 3), 0.5, np.float32), "livefb",
+                                        np.random.default_rng(0))
