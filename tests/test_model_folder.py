@@ -281,3 +281,23 @@ def test_a_folder_in_the_old_layout_scores_as_the_new_one(regressor_folder, tmp_
         assert old_scorer.score(image) == new_scorer.score(image), mode
     assert checkpoint.read_export(str(old / "low_level"))[1] == (
         checkpoint.read_export(str(regressor_folder / "low_level"))[1])
+
+
+@pytest.mark.parametrize("metadata", [checkpoint.EXPORT_METADATA,
+                                      checkpoint.OLD_EXPORT_METADATA])
+def test_a_training_export_given_as_the_model_says_how_to_package_it(
+        low_level_export, tmp_path, metadata):
+    """`score --model=runs/x/export` (the encoder a run exports, in either
+    metadata name) is a usage error naming the command that makes a folder."""
+    export = tmp_path / "runs" / "low_level" / "export"
+    shutil.copytree(low_level_export, export)
+    if metadata != checkpoint.EXPORT_METADATA:
+        (export / checkpoint.EXPORT_METADATA).rename(export / metadata)
+    done = subprocess.run(
+        [sys.executable, "-m", "grepq_jax.score", "--model=runs/low_level/export",
+         "image.png"], cwd=tmp_path, capture_output=True, text=True, check=False)
+    assert done.returncode == 2 and done.stdout == ""
+    assert done.stderr == (  # the folder made absolute: the hint runs from anywhere
+        f"cannot score with runs/low_level/export: {export} is a training run's "
+        "encoder export, not a model folder: package it first with python -m "
+        f"grepq_jax.export --low_level={export} --out=MODEL_FOLDER\n")

@@ -31,6 +31,7 @@ import pathlib
 
 import numpy as np
 
+from grepq_jax import checkpoint
 from grepq_jax.scoring import pristine
 from grepq_jax.scoring.encoders import LowLevelEncoder, ModelFolderError, read_json, require
 from grepq_jax.scoring.ridge import RidgeRegressor
@@ -50,6 +51,15 @@ LOW_LEVEL_FEATURES = {"projection": "projection", "pooled": "features"}
 
 # Reading and checking the folder's files -------------------------------------------
 
+def _raise_encoder_export(folder: pathlib.Path, metadata: dict):
+    """A training run's WORKDIR/export given where a model folder belongs: a
+    common slip, answered with the command that packages it."""
+    pathway = metadata.get("pathway", "low_level") if isinstance(metadata, dict) else "low_level"
+    raise ModelFolderError(
+        f"{folder} is a training run's encoder export, not a model folder: package "
+        f"it first with python -m grepq_jax.export --{pathway}={folder} --out=MODEL_FOLDER")
+
+
 def read_description(folder) -> dict:
     """model.json of a model folder, checked; ModelFolderError otherwise.
 
@@ -58,9 +68,13 @@ def read_description(folder) -> dict:
     folder = pathlib.Path(folder)
     path = folder / MODEL_JSON
     if not path.is_file():
+        if (folder / checkpoint.EXPORT_METADATA).is_file():
+            _raise_encoder_export(folder, read_json(folder / checkpoint.EXPORT_METADATA))
         raise ModelFolderError(f"{folder} is not a model folder: no {MODEL_JSON} "
                                "(write one with python -m grepq_jax.export)")
     description, source = read_json(path), str(path)
+    if "pathway" in description and "format_version" not in description:
+        _raise_encoder_export(folder, description)  # an export from before encoder.json
     version = require(description, "format_version", int, source)
     if version != FORMAT_VERSION:
         raise ModelFolderError(f"{path}: format_version {version!r}; this code "
