@@ -46,11 +46,10 @@ as in /work/venv-ref, and the basicsr sdist in --niqe_cache):
     pip download basicsr==1.4.2 --no-deps --no-binary :all: -d ~/.cache/basicsr
     nice -n 10 python benchmarks/bench_quality.py --niqe_cache=~/.cache/basicsr
 
-Measured on 2 heavily shared CPU cores (load 6-12), trained models given:
---images=3 scored in 135 s per model row, 32 s for NIQE and 844 s for FSIMc
-(then eager; now jitted, about 10x less); all 8 images take about 2.7x
-that. Training what is missing adds the default job (~7 min on idle cores),
-the 0-epoch export and the :paper run. --quick: 2 images, 2 families.
+Measured on the 2-core development machine (one other job beside it), all
+of it from scratch: 18.5 minutes, of which training the three models 12
+(the 0-epoch export 28 s, the README job 368 s, :paper 328 s), scoring 97 s
+per model row, 23 s for NIQE and 18 s for FSIMc. --quick: 2 images, 2 families.
 """
 
 import argparse
