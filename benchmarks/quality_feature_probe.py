@@ -37,6 +37,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 import bench_quality  # noqa: E402
+from grepq_jax import checkpoint  # noqa: E402
 from grepq_jax.data import corpus  # noqa: E402
 from grepq_jax.scoring import pristine, zero_shot  # noqa: E402
 from grepq_jax.scoring.encoders import LowLevelEncoder  # noqa: E402
@@ -115,6 +116,12 @@ def main() -> None:
     parser.add_argument("--max_side", type=int, default=256)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
+    exports = {}
+    for item in args.exports:
+        label, _, export = item.partition("=")
+        if not (label and checkpoint.export_metadata(export).is_file()):
+            parser.error(f"{item}: expected LABEL=EXPORT_DIR, a training run's export")
+        exports[label] = export
     families = {**bench_quality.UNSEEN, **bench_quality.TRAINING}
     references = bench_quality.held_out_images(list(bench_quality.HELD_OUT), args.max_side)
     versions = {(family, name): bench_quality.make_versions(
@@ -123,8 +130,7 @@ def main() -> None:
                 for i_index, (name, image) in enumerate(references.items())}
     head = ["model", "feature", "distance", "unseen", "training", *families]
     print("| " + " | ".join(head) + " |\n|" + "---|" * len(head))
-    for item in args.exports:
-        label, _, export = item.partition("=")
+    for label, export in exports.items():
         for (feature, distance), rho in probe(export, versions).items():
             mean = lambda names: np.mean([r for f in names for r in rho[f]])  # noqa: E731
             cells = [label, feature, distance, f"{mean(bench_quality.UNSEEN):.3f}",
