@@ -45,6 +45,7 @@ import argparse
 import dataclasses
 import datetime
 import glob
+import itertools
 import json
 import os
 import pathlib
@@ -92,7 +93,8 @@ ROWS = (
     Row("peer_fsim", "peers",
         "piq.fsim, the original's labels, on the same device: groups/s, ours/peer"),
 )
-PARTS = ("low_step", "label_pass", "rn50_step", "scoring", "peers")
+# In this order: the peers' ratios need the first two parts' figures.
+PARTS = ("low_step", "label_pass", "peers", "rn50_step", "scoring")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -106,6 +108,7 @@ class Plan:
     warmup_steps: int
     timed_steps: int
     workers: tuple[int, ...]  # data.workers tried for the fed float32 step
+    fed_seconds: float  # a fed run stops timing after this long
     large_photos: int
     large_sides: tuple[int, int]
     profile_groups: int
@@ -127,15 +130,16 @@ class Plan:
 
 ACCELERATOR = Plan(
     mode="accelerator", low_config="paper", low_groups=8, fed_photos=192,
-    fed_sides=(384, 640), warmup_steps=4, timed_steps=20, workers=(0, 4, -1),
+    fed_sides=(384, 640), warmup_steps=4, timed_steps=40, workers=(0, 4, -1),
+    fed_seconds=15,
     large_photos=48, large_sides=(300, 1600), profile_groups=8,
     rn50_arch="rn50", rn50_batch=128, rn50_group_size=4, rn50_size=224,
     rn50_steps=10, score_images=16, score_size=(384, 512), score_low_width=64,
     score_runs=3, peer_fsim_groups=4, budget_s=420)
 SMOKE = Plan(
     mode="cpu_smoke", low_config="tiny", low_groups=2, fed_photos=6,
-    fed_sides=(48, 72), warmup_steps=1, timed_steps=2, workers=(0,),
-    large_photos=3, large_sides=(64, 112), profile_groups=2,
+    fed_sides=(56, 64), warmup_steps=1, timed_steps=2, workers=(0,), fed_seconds=15,
+    large_photos=3, large_sides=(64, 96), profile_groups=2,
     rn50_arch="tiny", rn50_batch=4, rn50_group_size=2, rn50_size=64,
     rn50_steps=2, score_images=2, score_size=(192, 256), score_low_width=4,
     score_runs=1, peer_fsim_groups=1, budget_s=600)
@@ -281,6 +285,7 @@ def part_low_step(plan: Plan, results: Results, scratch: Scratch):
     import jax  # pylint: disable=import-outside-toplevel
     from benchmarks import bench_train_step  # pylint: disable=import-outside-toplevel
     from grepq_jax.data import low_level as data  # pylint: disable=import-outside-toplevel
+    from grepq_jax.data import stream  # pylint: disable=import-outside-toplevel
     from grepq_jax.pathways import low_level  # pylint: disable=import-outside-toplevel
 
     photos = write_photos(scratch.folder / "photos_512", plan.fed_photos, plan.fed_sides)
@@ -294,23 +299,32 @@ def part_low_step(plan: Plan, results: Results, scratch: Scratch):
     config = low_level_config(plan, photos, 0, "float32")
     side = config.data.fragment_grid * config.data.fragment_size
     images = plan.low_groups * bench_train_step.VERSIONS * bench_train_step.VIEWS
-    needed = (plan.warmup_steps + plan.timed_steps) * plan.low_groups
-    if dataset.num_groups < needed:
-        raise RuntimeError(f"{dataset.num_groups} groups for {needed} fed slots")
 
-    def fed_seconds(jax_side, workers: int) -> float:
-        """s/step over the timed steps, each group seen once (caches cold, as
-        on a corpus larger than the versions' cache)."""
+    def fed_seconds(jax_side, workers: int) -> tuple[float, int]:
+        """s/step and steps timed, fed by `workers`. The warm-up drains the
+        batches made ahead while the workers started (up to 2 per worker), so
+        the timed steps run at the pipeline's steady rate; the versions' LRU
+        starts empty and holds a fraction of the corpus, as on a large one."""
         fresh = data.create_low_level_dataset(  # matrices from the cache; empty LRU
             low_level_config(plan, photos, workers, "float32").data, seed=0,
             cache_dir=str(cache))
-        batches = fresh.iterate(0, plan.warmup_steps + plan.timed_steps, plan.low_groups,
+        warmup = max(plan.warmup_steps, 2 * stream.resolve_workers(workers) + 2)
+        batches = fresh.iterate(0, warmup + plan.timed_steps, plan.low_groups,
                                 prefetch=config.data.prefetch, workers=workers)
         try:
-            jax_side.run(batch for _, batch in (next(batches) for _ in range(plan.warmup_steps)))
+            jax_side.run(batch for _, batch in itertools.islice(batches, warmup))
             started = time.perf_counter()
-            jax_side.run(batch for _, batch in batches)
-            return (time.perf_counter() - started) / plan.timed_steps
+            deadline = started + plan.fed_seconds
+            timed = []  # a slow pipeline is timed over fewer steps, not for minutes
+
+            def until_deadline():
+                for _, batch in batches:
+                    timed.append(1)
+                    yield batch
+                    if time.perf_counter() > deadline:
+                        return
+            jax_side.run(until_deadline())
+            return (time.perf_counter() - started) / len(timed), len(timed)
         finally:
             batches.close()
 
@@ -334,12 +348,13 @@ def part_low_step(plan: Plan, results: Results, scratch: Scratch):
         tried = {}
         for workers in (plan.workers if best_workers is None else (best_workers,)):
             tried[str(workers)] = fed_seconds(jax_side, workers)
-        best = min(tried, key=tried.get)
+        best = min(tried, key=lambda k: tried[k][0])
         best_workers = int(best)
-        fed = tried[best]
+        fed, steps = tried[best]
         results.fill(f"low_step_fed_{dtype}", **step_figures(fed, images),
                      fed_over_alone=fed / alone, goal="<= 1.2", data_workers=best_workers,
-                     ms_per_step_by_workers={k: 1000 * v for k, v in tried.items()})
+                     steps=steps,
+                     ms_per_step_by_workers={k: 1000 * v[0] for k, v in tried.items()})
 
 
 def part_label_pass(plan: Plan, results: Results, scratch: Scratch):
@@ -443,6 +458,8 @@ def part_peers(plan: Plan, results: Results, scratch: Scratch):
     from configs import low_level as configs  # pylint: disable=import-outside-toplevel
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cpu" and plan.mode != SMOKE.mode:
+        raise Skipped("torch sees no GPU here: a CPU peer says nothing of this accelerator")
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
     config = configs.get_config(plan.low_config)
     side = config.data.fragment_grid * config.data.fragment_size
