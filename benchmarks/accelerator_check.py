@@ -42,6 +42,7 @@ fails is reported with its one-line error, and the others still run.
 """
 
 import argparse
+import atexit
 import dataclasses
 import datetime
 import glob
@@ -50,6 +51,7 @@ import json
 import os
 import pathlib
 import platform
+import shutil
 import statistics
 import subprocess
 import sys
@@ -181,7 +183,7 @@ def markdown(document: dict) -> str:
     meta = document["meta"]
     lines = [f"accelerator_check ({document['plan']['mode']}), {meta.get('date', '')}: "
              f"{meta.get('device', '?')}; jax {meta.get('jax', '?')}, "
-             f"torch {meta.get('torch', 'absent')}", "",
+             f"torch {meta.get('torch') or 'absent'}", "",
              "| row | status | figures |", "| --- | --- | --- |"]
     for row in document["rows"]:
         figures = ", ".join(f"{k} {_short(v)}" for k, v in row.items()
@@ -206,9 +208,8 @@ def install_wheels(folder: str) -> list[str]:
     """Installs every wheel in `folder` offline into a temporary folder put
     first on the import path (this process and the pipeline's workers)."""
     wheels = sorted(glob.glob(os.path.join(folder, "*.whl")))
-    if not wheels:
-        raise SystemExit(f"--wheels={folder}: no .whl file there")
     target = tempfile.mkdtemp(prefix="accelerator_check_wheels_")
+    atexit.register(shutil.rmtree, target, ignore_errors=True)
     command = [sys.executable, "-m", "pip", "install", "-q", "--no-index", "--no-deps",
                "--no-compile", "--disable-pip-version-check", "--target", target, *wheels]
     done = subprocess.run(command, capture_output=True, text=True, check=False)
@@ -241,7 +242,6 @@ class Scratch:
 
     def __init__(self, folder: str):
         self.folder = pathlib.Path(folder)
-        self.fed_corpus = None  # photo folder of the 512-px class corpus
         self.ours_alone_f32 = None  # s/step
         self.label_rates = {}  # corpus -> our groups/s
         self.large_dataset = None
@@ -289,7 +289,6 @@ def part_low_step(plan: Plan, results: Results, scratch: Scratch):
     from grepq_jax.pathways import low_level  # pylint: disable=import-outside-toplevel
 
     photos = write_photos(scratch.folder / "photos_512", plan.fed_photos, plan.fed_sides)
-    scratch.fed_corpus = photos
     cache = scratch.folder / "cache_512"
     dataset, rate, programs, seconds = label_pass(plan, photos, cache, plan.workers[-1])
     scratch.label_rates["512"] = rate
@@ -474,7 +473,8 @@ def part_peers(plan: Plan, results: Results, scratch: Scratch):
     ours = scratch.ours_alone_f32
     results.fill("peer_low_step", **step_figures(seconds, images), torch_device=device,
                  torch_format="channels_last", model="full ResNet-18 (the original's)",
-                 ours_over_peer=(seconds / ours) if ours else "no float32 row of ours")
+                 ours_over_peer=(seconds / ours) if ours else "no float32 row of ours",
+                 basis="peer s/step over ours (alone, float32); > 1: ours faster")
     if scratch.large_dataset is None:
         raise Skipped("no label-pass corpus (its part did not run)")
     try:
@@ -493,7 +493,9 @@ def part_peers(plan: Plan, results: Results, scratch: Scratch):
     ours = scratch.label_rates.get("300_1600")
     results.fill("peer_fsim", groups_per_s=peer_rate, groups=len(per_group),
                  torch_device=device, corpus="300_1600",
-                 ours_over_peer=(ours / peer_rate) if ours else "no label pass of ours")
+                 ours_over_peer=(ours / peer_rate) if ours else "no label pass of ours",
+                 basis="our whole pass (versions, FSIM, cache, compiles) over piq's 36 "
+                       "pairs of given versions, groups/s")
 
 
 PART_FUNCTIONS = {"low_step": part_low_step, "label_pass": part_label_pass,
@@ -579,6 +581,8 @@ def parse_args(argv=None):
         parser.error(f"--parts: unknown {','.join(unknown)}; choose from {','.join(PARTS)}")
     if args.wheels is not None and not os.path.isdir(args.wheels):
         parser.error(f"--wheels={args.wheels}: not a folder")
+    if args.wheels is not None and not glob.glob(os.path.join(args.wheels, "*.whl")):
+        parser.error(f"--wheels={args.wheels}: no .whl file there")
     return args, parts
 
 

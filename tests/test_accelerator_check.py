@@ -71,3 +71,12 @@ def test_table_shows_status_reason_and_figures():
     assert "| rn50_step | ok | ms_per_step 123.5 |" in table
     assert "| peer_fsim | skipped: torch is not installed here | piq |" in table
     assert "1 x H100" in table[0]
+
+
+def test_a_wheels_folder_without_wheels_is_a_usage_error(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "wheels").mkdir()
+    done = subprocess.run([sys.executable, str(ROOT / SCRIPT), "--dry_run", "--wheels=wheels"],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2
+    assert "--wheels=wheels: no .whl file there" in done.stderr
