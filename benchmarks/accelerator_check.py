@@ -330,8 +330,8 @@ def part_low_step(plan: Plan, results: Results, scratch: Scratch):
     best_workers = None
     for dtype in ("float32", "bfloat16"):
         dtype_config = low_level_config(plan, photos, 0, dtype)
-        variables = low_level.make_model(dtype_config.model)
-        variables = jax.jit(variables.init, static_argnames="train")(
+        model = low_level.make_model(dtype_config.model)
+        variables = jax.jit(model.init, static_argnames="train")(
             jax.random.key(0), jax.numpy.zeros((1, side, side, 3)), train=False)
         jax_side = bench_train_step.JaxSide(
             bench_train_step.random_batch(plan.low_groups, side), variables,
