@@ -137,7 +137,7 @@ ACCELERATOR = Plan(
     large_photos=48, large_sides=(300, 1600), profile_groups=8,
     rn50_arch="rn50", rn50_batch=128, rn50_group_size=4, rn50_size=224,
     rn50_steps=10, score_images=16, score_size=(384, 512), score_low_width=64,
-    score_runs=3, peer_fsim_groups=4, budget_s=420)
+    score_runs=3, peer_fsim_groups=4, budget_s=400)
 SMOKE = Plan(
     mode="cpu_smoke", low_config="tiny", low_groups=2, fed_photos=6,
     fed_sides=(56, 64), warmup_steps=1, timed_steps=2, workers=(0,), fed_seconds=15,
