@@ -85,13 +85,14 @@ def data_config(path: str, workers: int) -> ml_collections.ConfigDict:
         prefetch=2, workers=workers))
 
 
-def peer_seconds(versions: np.ndarray, pairs_per_call: int):
-    """piq.fsim of the 36 pairs, as the original computes a group's labels."""
+def peer_seconds(versions: np.ndarray, pairs_per_call: int, device: str = "cpu"):
+    """piq.fsim of the 36 pairs, as the original computes a group's labels
+    (versions placed on `device` untimed; the scores read back, timed)."""
     import piq
     import torch
 
     rows, cols = np.triu_indices(len(versions), k=1)
-    tensor = torch.from_numpy(versions.copy()).permute(0, 3, 1, 2).float() / 255
+    tensor = torch.from_numpy(versions.copy()).to(device).permute(0, 3, 1, 2).float() / 255
     started = time.perf_counter()
     scores = []
     with torch.no_grad():
@@ -99,14 +100,17 @@ def peer_seconds(versions: np.ndarray, pairs_per_call: int):
             chosen = slice(first, first + pairs_per_call)
             scores.append(piq.fsim(tensor[rows[chosen]], tensor[cols[chosen]],
                                    data_range=1.0, reduction="none"))
+        scores = torch.cat(scores).cpu().numpy()
     seconds = time.perf_counter() - started
     matrix = np.eye(len(versions), dtype=np.float32)
-    matrix[rows, cols] = matrix[cols, rows] = torch.cat(scores).numpy()
+    matrix[rows, cols] = matrix[cols, rows] = scores
     return seconds, matrix
 
 
-def profile_stages(photos: str, count: int, cache_dir: str, set_name: str = "livefb"):
-    """Prints the seconds a group and the share of each stage of the pass."""
+def stage_seconds(photos: str, count: int, cache_dir: str,
+                  set_name: str = "livefb") -> tuple[dict[str, float], int]:
+    """Seconds spent in each stage of the pass over the first `count` photos
+    (stage names as printed by `profile_stages`), and the groups timed."""
     seconds = collections.defaultdict(float)
 
     def timed(stage, function, *args, **kwargs):
@@ -151,12 +155,23 @@ def profile_stages(photos: str, count: int, cache_dir: str, set_name: str = "liv
         seconds["device program (per group)"] += elapsed / size
         timed("cache write", cache.put, name, matrices[0])
     timed("cache write", cache.save)
-    work = sum(value for stage, value in seconds.items()
+    return dict(seconds), len(names)
+
+
+def work_seconds(seconds: dict[str, float]) -> float:
+    """The stages' total: sub-stages ("  of which") and compiling left out."""
+    return sum(value for stage, value in seconds.items()
                if not stage.startswith(("  ", "(")))
-    print(f"{len(names)} groups, {work / len(names):.3f} s a group without compiling:")
+
+
+def profile_stages(photos: str, count: int, cache_dir: str, set_name: str = "livefb"):
+    """Prints the seconds a group and the share of each stage of the pass."""
+    seconds, groups = stage_seconds(photos, count, cache_dir, set_name)
+    work = work_seconds(seconds)
+    print(f"{groups} groups, {work / groups:.3f} s a group without compiling:")
     for stage, value in seconds.items():
         share = "" if stage.startswith("(") else f"{100 * value / work:5.1f}%"
-        print(f"  {stage:36s} {value / len(names):7.3f} s {share}")
+        print(f"  {stage:36s} {value / groups:7.3f} s {share}")
 
 
 def main():

@@ -40,12 +40,8 @@ sys.path.insert(0, str(ROOT))
 
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from clip import model as openai_model  # noqa: E402
 from jax.sharding import NamedSharding, PartitionSpec as P  # noqa: E402
 
-from benchmarks.bench_rn50 import RN50, random_weights, timed_rounds  # noqa: E402
-from benchmarks.torch_peer_high_level import HighLevelPeer  # noqa: E402
 from configs import high_level as high_level_config  # noqa: E402
 from grepq_jax import sharding  # noqa: E402
 from grepq_jax import train  # noqa: E402
@@ -72,12 +68,12 @@ def parse_args():
     return args
 
 
-def shared_inputs(batch: int, embed_dim: int) -> dict:
-    """Crops (B, 3, 224, 224), unit prompt embeddings (2, D), head weights (128, D), (128,)."""
+def shared_inputs(batch: int, embed_dim: int, size: int = 224) -> dict:
+    """Crops (B, 3, size, size), unit prompt embeddings (2, D), head weights (128, D), (128,)."""
     rng = np.random.RandomState(3)
     prompts = rng.normal(size=(2, embed_dim)).astype(np.float32)
     return {
-        "crops": rng.normal(size=(batch, 3, 224, 224)).astype(np.float32),
+        "crops": rng.normal(size=(batch, 3, size, size)).astype(np.float32),
         "prompts": prompts / np.linalg.norm(prompts, axis=1, keepdims=True),
         "head_weight": rng.normal(0, embed_dim ** -0.5, (128, embed_dim)).astype(np.float32),
         "head_bias": np.zeros(128, np.float32),
@@ -86,8 +82,14 @@ def shared_inputs(batch: int, embed_dim: int) -> dict:
 
 def jax_side(state_dict, inputs, group_size):
     """A callable running one of our steps (loss read back), and its compile seconds."""
-    config = high_level_config.get_config("paper")
     arch, variables = convert_modified_resnet(state_dict, source="random")
+    return jax_step(arch, variables, inputs, group_size)
+
+
+def jax_step(arch, variables, inputs, group_size):
+    """`jax_side` for a ModifiedResNet `arch` and its {"params", "batch_stats"}
+    `variables`; `inputs` as `shared_inputs` makes them (any crop size)."""
+    config = high_level_config.get_config("paper")
     head = heads.ProjectionHead(features=config.model.head_dim)
     objective = functools.partial(
         high_level.group_contrastive_objective, encoder=clip_rn50.ModifiedResNet(arch),
@@ -115,6 +117,12 @@ def jax_side(state_dict, inputs, group_size):
 
 
 def torch_side(state_dict, inputs, group_size, channels_last):
+    import torch  # pylint: disable=import-outside-toplevel
+    from clip import model as openai_model  # pylint: disable=import-outside-toplevel
+
+    from benchmarks.bench_rn50 import RN50  # pylint: disable=import-outside-toplevel
+    from benchmarks.torch_peer_high_level import HighLevelPeer  # pylint: disable=import-outside-toplevel
+
     visual = openai_model.ModifiedResNet(RN50["layers"], RN50["embed_dim"], RN50["heads"],
                                          RN50["image_size"], RN50["width"])
     visual.load_state_dict({k: torch.from_numpy(v) for k, v in state_dict.items()})
@@ -127,6 +135,10 @@ def torch_side(state_dict, inputs, group_size, channels_last):
 
 
 def main():
+    import torch  # pylint: disable=import-outside-toplevel
+
+    from benchmarks.bench_rn50 import RN50, random_weights, timed_rounds  # pylint: disable=import-outside-toplevel
+
     args = parse_args()
     print(f"jax {jax.__version__} ({jax.default_backend()}), torch {torch.__version__} "
           f"({torch.get_num_threads()} threads, {args.torch_format}); usable cores "

@@ -38,10 +38,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import jax  # noqa: E402
 from jax.sharding import NamedSharding, PartitionSpec as P  # noqa: E402
 import numpy as np  # noqa: E402
-import torch  # noqa: E402
-import torchvision  # noqa: E402
 
-from benchmarks import torch_peer  # noqa: E402
 from configs import low_level as low_level_config  # noqa: E402
 from grepq_jax import sharding  # noqa: E402
 from grepq_jax import train  # noqa: E402
@@ -128,14 +125,25 @@ def random_batch(
     }
 
 
-class JaxSide:
-    """The trainer's jitted `train_step` on the paper config, one step a call.
+def converted_weights(torch_state_dict) -> dict:
+    """The peer's weights as our low-level model's variables."""
+    return torch_convert.convert_grepq_low_level(
+        {k: v.numpy() for k, v in torch_state_dict.items()}
+    )
 
-    `compiler_options` go to XLA for this program alone (None: defaults).
+
+class JaxSide:
+    """The trainer's jitted `train_step` on a low-level config (the paper's
+    by default), one step a call.
+
+    `variables` ({"params", "batch_stats"}) start the state. With
+    `xla_defaults` the step is compiled with `compiler_options` alone (None:
+    XLA's defaults); without, with the trainer's own options.
     """
 
-    def __init__(self, batch, torch_state_dict, compiler_options=None):
-        config = low_level_config.get_config("paper")
+    def __init__(self, batch, variables, compiler_options=None, *,
+                 config=None, xla_defaults=True):
+        config = config or low_level_config.get_config("paper")
         model = low_level.make_model(config.model)
         objective = functools.partial(
             low_level.quality_aware_objective, model=model, tau=config.loss.tau
@@ -145,14 +153,11 @@ class JaxSide:
         )
         mesh = sharding.make_mesh(1)
         replicated = NamedSharding(mesh, P())
-        batch_sharding = NamedSharding(mesh, P("data"))
-        weights = torch_convert.convert_grepq_low_level(
-            {k: v.numpy() for k, v in torch_state_dict.items()}
-        )
-        self.state = train.create_train_state(weights, optimizer, replicated)
-        self.batch = sharding.global_batch(batch, batch_sharding)
+        self.batch_sharding = NamedSharding(mesh, P("data"))
+        self.state = train.create_train_state(variables, optimizer, replicated)
+        self.batch = sharding.global_batch(batch, self.batch_sharding)
         step_fn = train.make_step_fn(
-            objective, optimizer, mesh, xla_defaults=True
+            objective, optimizer, mesh, xla_defaults=xla_defaults
         )
         start = time.perf_counter()
         self.compiled = step_fn.lower(self.state, self.batch).compile(
@@ -163,6 +168,26 @@ class JaxSide:
     def step(self) -> float:
         self.state, metrics = self.compiled(self.state, self.batch)
         jax.block_until_ready(self.state)
+        return float(jax.device_get(metrics["loss"]))
+
+    def repeat_seconds(self, count: int) -> float:
+        """Seconds a step over `count` steps on the placed batch, dispatched
+        back to back and waited for once, at the end."""
+        started = time.perf_counter()
+        for _ in range(count):
+            self.state, metrics = self.compiled(self.state, self.batch)
+        float(jax.device_get(metrics["loss"]))
+        return (time.perf_counter() - started) / count
+
+    def run(self, batches) -> float:
+        """Steps on each batch of `batches` (host arrays, placed here) as the
+        trainer's loop does, without waiting for the device between steps;
+        returns the last loss, read back once at the end."""
+        metrics = None
+        for batch in batches:
+            self.state, metrics = self.compiled(
+                self.state, sharding.global_batch(batch, self.batch_sharding)
+            )
         return float(jax.device_get(metrics["loss"]))
 
     def convolution_kernels(self) -> str:
@@ -183,16 +208,22 @@ class TorchSide:
     """The PyTorch peer's step on the same batch (NCHW float in [0, 1], as
     the original's loader gives it)."""
 
-    def __init__(self, batch: dict[str, np.ndarray], channels_last: bool):
+    def __init__(self, batch: dict[str, np.ndarray], channels_last: bool,
+                 device: str = "cpu"):
+        import torch  # pylint: disable=import-outside-toplevel
+        from benchmarks import torch_peer  # pylint: disable=import-outside-toplevel
+
         self.trainer = torch_peer.PeerTrainer(SCHEDULE_STEPS, channels_last)
+        self.trainer.model.to(device)  # in place: the optimizer keeps its parameters
         as_nchw = (
             lambda x: torch.from_numpy(x / np.float32(255))
             .permute(0, 1, 4, 2, 3)
             .contiguous()
+            .to(device)
         )
         self.frames = as_nchw(batch["anchor"])
         self.augmentations = as_nchw(batch["augment"])
-        self.annotators = torch.from_numpy(batch["sim"])
+        self.annotators = torch.from_numpy(batch["sim"]).to(device)
 
     def step(self) -> float:
         return self.trainer.step(
@@ -212,6 +243,8 @@ def timed(step, count: int) -> tuple[float, float]:
 def cores_used_by_matmul() -> dict[str, float]:
     """CPU seconds per wall second of a large float32 matmul on each side: how
     many cores each framework's thread pool really keeps busy."""
+    import torch  # pylint: disable=import-outside-toplevel
+
     a = np.random.default_rng(0).random((2048, 2048), dtype=np.float32)
     jax_a, torch_a = jax.device_put(a), torch.from_numpy(a)
     matmul = jax.jit(lambda x: x @ x)
@@ -225,6 +258,9 @@ def cores_used_by_matmul() -> dict[str, float]:
 
 
 def describe_environment(args, images: int):
+    import torch  # pylint: disable=import-outside-toplevel
+    import torchvision  # pylint: disable=import-outside-toplevel
+
     print(
         f"jax {jax.__version__} ({jax.device_count()} {jax.default_backend()} "
         f"device), torch {torch.__version__}, torchvision "
@@ -247,10 +283,12 @@ def describe_environment(args, images: int):
 
 
 def build_sides(args) -> dict:
+    import torch  # pylint: disable=import-outside-toplevel
+
     batch = random_batch(args.groups, args.size)
     torch.manual_seed(0)
     peer = TorchSide(batch, args.torch_format == "channels_last")
-    weights = peer.trainer.model.state_dict()
+    weights = converted_weights(peer.trainer.model.state_dict())
     sides = {
         "jax": JaxSide(batch, weights),
         "jax+eigen": JaxSide(batch, weights, EIGEN_CONVOLUTIONS),
@@ -297,6 +335,8 @@ def measure(sides: dict, repeats: int, steps: int) -> tuple[dict, dict]:
 
 
 def main():
+    import torch  # pylint: disable=import-outside-toplevel
+
     args = parse_args()
     torch.set_num_threads(args.torch_threads or len(os.sched_getaffinity(0)))
     images = args.groups * VERSIONS * VIEWS
