@@ -113,20 +113,23 @@ def _failure(what: str, directory, tree: Any, error: BaseException) -> str:
 
 def _drop_closed_loop_noise() -> None:
     """Keeps out the "Event loop is closed" tracebacks that TensorStore's
-    callbacks print (through sys.excepthook) for each write still pending
+    callbacks print (as unraisable exceptions) for each write still pending
     when one of Orbax's writes fails; the failure itself is raised to the
     caller and reported in one line."""
-    if getattr(sys.excepthook, "grepq_filter", False):
+    if getattr(sys.unraisablehook, "grepq_filter", False):
         return
-    previous = sys.excepthook
+    previous = sys.unraisablehook
 
-    def excepthook(kind, value, traceback):
-        if kind is RuntimeError and str(value) == "Event loop is closed":
-            return
-        previous(kind, value, traceback)
+    def unraisablehook(unraisable):
+        if not _closed_loop(unraisable.exc_type, unraisable.exc_value):
+            previous(unraisable)
 
-    excepthook.grepq_filter = True
-    sys.excepthook = excepthook
+    unraisablehook.grepq_filter = True
+    sys.unraisablehook = unraisablehook
+
+
+def _closed_loop(kind, value) -> bool:
+    return kind is RuntimeError and str(value) == "Event loop is closed"
 
 
 class TrainCheckpoints:

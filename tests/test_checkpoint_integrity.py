@@ -19,12 +19,18 @@ from grepq_jax import checkpoint
 import test_faults
 
 
+def weights(step):
+    """Step `step`'s array: random, so that it does not compress away and
+    bytes overwritten anywhere in its data change its values."""
+    return np.random.default_rng(step).normal(size=(64, 64)).astype(np.float32)
+
+
 def saved_steps(directory, steps=(1, 2, 3)):
-    """Saves steps whose array `w` holds the step number; returns the state."""
+    """Saves steps whose array `w` is `weights(step)`; returns the state."""
     checkpoints = checkpoint.TrainCheckpoints(
         str(directory), save_every_steps=1, keep=5)
     for step in steps:
-        state = {"w": jnp.full((64, 64), float(step)), "step": jnp.array(step)}
+        state = {"w": jnp.asarray(weights(step)), "step": jnp.array(step)}
         checkpoints.save(step, state)
     checkpoints.close()
     return state
@@ -69,7 +75,7 @@ def test_damaged_latest_step_is_set_aside_and_the_previous_restored(
         "checkpoints", save_every_steps=1, keep=5)
     with caplog.at_level(logging.WARNING):
         restored = reopened.restore_latest(jax.tree.map(jnp.zeros_like, state))
-    np.testing.assert_array_equal(restored["w"], np.full((64, 64), 2.0))
+    np.testing.assert_array_equal(restored["w"], weights(2))
     assert int(restored["step"]) == 2
     warning = " ".join(r.getMessage() for r in caplog.records)
     assert "Checkpoint step 3 in" in warning and "is damaged" in warning
