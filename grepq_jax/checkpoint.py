@@ -26,8 +26,8 @@ import shutil
 import sys
 from typing import Any
 
-from etils import epath
 from absl import logging
+from etils import epath
 import jax
 from jax.experimental import multihost_utils
 import numpy as np
