@@ -12,7 +12,6 @@ import subprocess
 import sys
 import time
 
-from grepq_jax import workdir_lock
 import gated_main
 from run_main import REPO, TIMEOUT_S, Child, child_env, main_command
 
@@ -57,6 +56,7 @@ with workdir_lock.held(sys.argv[1]):
 
 
 def test_a_killed_holder_leaves_no_stale_lock(tmp_path):
+    from grepq_jax import workdir_lock  # pylint: disable=import-outside-toplevel
     workdir = str(tmp_path / "work")
     holder = subprocess.Popen([sys.executable, "-c", HOLDER, workdir], cwd=REPO,
                               env=child_env(devices=1), stdout=subprocess.PIPE,
