@@ -102,3 +102,19 @@ def test_the_command_prints_each_field_in_one_line_and_exits_2(tmp_path):
         "Run with --help for the usage.",
     ]
     assert not (REPO / "runs" / "x").exists()
+
+
+def test_an_untrained_export_has_its_own_flag(tmp_path):
+    """What `num_epochs=0` was used for (benchmarks/bench_quality.py's
+    baseline row): the initial encoder exported, nothing trained or saved."""
+    from grepq_jax import checkpoint  # pylint: disable=import-outside-toplevel
+    child = subprocess.run(
+        main_command(f"{REPO / 'configs' / 'low_level.py'}:tiny", "untrained", "--untrained",
+                     "--config.num_devices=1"),
+        cwd=tmp_path, env=dict(child_env(devices=1), PYTHONPATH=str(REPO)),
+        capture_output=True, text=True, timeout=180, check=False)
+    assert child.returncode == 0, child.stderr[-3000:]
+    assert "Exported the untrained encoder" in child.stderr
+    _, metadata = checkpoint.read_export(str(tmp_path / "untrained" / "export"))
+    assert metadata["step"] == 0
+    assert not (tmp_path / "untrained" / "checkpoints").exists()
