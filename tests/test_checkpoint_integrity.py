@@ -128,3 +128,16 @@ def test_a_run_resumes_from_the_newest_intact_step(photo_folder, tmp_path, caplo
     log = " ".join(r.getMessage() for r in caplog.records)
     assert "Checkpoint step 4 in" in log and "is damaged" in log
     assert test_faults.resumed_from(log) == 3
+
+
+def test_the_non_finite_message_names_only_a_verified_step(tmp_path):
+    """Item 3 of the issue: "the last good checkpoint, step 4, is kept" when
+    step 4 was the damaged one. The message names the newest intact step."""
+    saved_steps(tmp_path)
+    overwrite_middle(largest_data_file(tmp_path / "3"))
+    checkpoints = checkpoint.TrainCheckpoints(str(tmp_path), save_every_steps=1, keep=5)
+    with pytest.raises(test_faults.train.NonFiniteError) as raised:
+        test_faults.train._checked_scalars(  # pylint: disable=protected-access
+            {"loss": jnp.array(np.nan)}, jnp.array(False), 4, 4, checkpoints)
+    assert f"the last good checkpoint, step 2, is kept in {tmp_path}" in str(raised.value)
+    checkpoints.close()
