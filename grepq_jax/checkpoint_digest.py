@@ -49,7 +49,7 @@ def write_digest(folder: epath.Path) -> None:
         files[relative] = {"bytes": size, "sha256": sha256}
     temporary = folder / f".{DIGEST_FILE}.tmp"
     temporary.write_text(json.dumps({"files": files}, indent=1))
-    temporary.rename(folder / DIGEST_FILE)
+    temporary.replace(folder / DIGEST_FILE)
 
 
 def damage(folder: epath.Path) -> str | None:
