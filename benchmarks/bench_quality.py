@@ -294,7 +294,7 @@ def main() -> None:
     (out / "models").mkdir(parents=True, exist_ok=True)
     folders = {
         "untrained": model_folder(trained_export(
-            out / "runs" / "untrained", "configs/low_level.py", ["--config.num_epochs=0"]),
+            out / "runs" / "untrained", "configs/low_level.py", ["--untrained"]),
             out / "models" / "untrained"),
         "trained default": model_folder(trained_export(
             pathlib.Path(args.workdir).absolute(), "configs/low_level.py"),

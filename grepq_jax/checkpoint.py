@@ -8,18 +8,32 @@ makes it, with the same arguments.
 
 A step folder counts only once Orbax has written `commit_success.txt` into it,
 last; one that a kill interrupted is ignored (the previous step is restored)
-and deleted when the run starts again.
+and deleted when the run starts again. Before the marker, the step's files
+are listed with their digests (`checkpoint_digest`); a step whose files no
+longer match is set aside as `<step>.damaged` when the run restarts, and the
+newest intact step is restored instead.
+
+A full disk is reported in one line (the file, the state's size, the space
+free) rather than by each of Orbax's writing tasks.
 """
 
+import collections
+import errno
 import json
 import os
+import re
+import shutil
+import sys
 from typing import Any
 
+from absl import logging
 from etils import epath
 import jax
+from jax.experimental import multihost_utils
 import numpy as np
 import orbax.checkpoint as ocp
 
+from grepq_jax import checkpoint_digest
 from grepq_jax import cli
 from grepq_jax import errors
 
@@ -58,10 +72,74 @@ def _one_line(error: BaseException) -> str:
     return f"{type(error).__name__}: {lines[-1] if lines else ''}"
 
 
+_NO_SPACE = re.compile(r"No space left on device|os_error_code='?28\b")
+_WRITING = re.compile(r'(?:writing local file|Failed writing:) "([^"]+)"')
+
+
+def _no_space(error: BaseException) -> str | None:
+    """The file that a full disk stopped (or "" when unnamed), None when
+    `error` and its causes are not a full disk."""
+    while error is not None:
+        if (isinstance(error, OSError) and error.errno == errno.ENOSPC) or (
+                _NO_SPACE.search(str(error))):
+            written = _WRITING.search(str(error))
+            return written.group(1) if written else getattr(error, "filename", "") or ""
+        error = error.__cause__ or error.__context__
+    return None
+
+
+def _megabytes(count: float) -> str:
+    return f"{count / 1e6:.1f} MB"
+
+
+def _failure(what: str, directory, tree: Any, error: BaseException) -> str:
+    """One line for a failed write of `tree` into `directory`."""
+    written = _no_space(error)
+    if written is None:
+        return f"cannot {what} in {directory}: {_one_line(error)}"
+    size = sum(getattr(leaf, "nbytes", 0) for leaf in jax.tree.leaves(tree))
+    need = f"its arrays need about {_megabytes(size)}" if size else "it needs more"
+    free = ""
+    if "://" not in str(directory):
+        try:
+            free = f", {_megabytes(shutil.disk_usage(directory).free)} free there"
+        except OSError:
+            pass
+    return (f"no space left on device to {what} in {directory}"
+            + (f" (writing {written})" if written else "")
+            + f": {need}{free}; free some "
+            "space or use another --workdir")
+
+
+def _drop_closed_loop_noise() -> None:
+    """Keeps out the "Event loop is closed" tracebacks that TensorStore's
+    callbacks print (as unraisable exceptions) for each write still pending
+    when one of Orbax's writes fails; the failure itself is raised to the
+    caller and reported in one line."""
+    if getattr(sys.unraisablehook, "grepq_filter", False):
+        return
+    previous = sys.unraisablehook
+
+    def unraisablehook(unraisable):
+        if not _closed_loop(unraisable.exc_type, unraisable.exc_value):
+            previous(unraisable)
+
+    unraisablehook.grepq_filter = True
+    sys.unraisablehook = unraisablehook
+
+
+def _closed_loop(kind, value) -> bool:
+    return kind is RuntimeError and str(value) == "Event loop is closed"
+
+
 class TrainCheckpoints:
     """Periodic, rotating checkpoints of a train state, resumable by step."""
 
     def __init__(self, directory: str, *, save_every_steps: int, keep: int):
+        _drop_closed_loop_noise()
+        # Steps whose save is under way, oldest first: Orbax finishes one
+        # save before it starts the next.
+        self._saving: collections.deque[int] = collections.deque()
         options = ocp.CheckpointManagerOptions(
             save_interval_steps=save_every_steps,
             max_to_keep=keep,
@@ -73,6 +151,10 @@ class TrainCheckpoints:
             ),
             # Deletes step folders that an interrupted save left unmarked.
             cleanup_tmp_directories=True,
+            # On process 0 once every process has written its files, before
+            # the commit marker.
+            async_options=ocp.AsyncOptions(
+                post_finalization_callback=self._write_digest),
         )
         try:
             self._manager = ocp.CheckpointManager(
@@ -92,20 +174,71 @@ class TrainCheckpoints:
     def latest_step(self) -> int | None:
         return self._manager.latest_step()
 
+    def _step_folder(self, step: int) -> epath.Path:
+        return epath.Path(self.directory) / str(step)
+
+    def _write_digest(self) -> None:
+        checkpoint_digest.write_digest(self._step_folder(self._saving.popleft()))
+
+    def damage(self, step: int) -> str | None:
+        """What is wrong with saved `step`'s files, or None if they are intact."""
+        return checkpoint_digest.damage(self._step_folder(step))
+
+    def latest_verified_step(self) -> int | None:
+        """The newest step whose files match their digest (after waiting for
+        the saves under way), or None."""
+        try:
+            self._manager.wait_until_finished()
+        except Exception:  # pylint: disable=broad-except
+            pass  # A failed save is not a candidate; it is reported by save.
+        for step in sorted(self._manager.all_steps(), reverse=True):
+            if self.damage(step) is None:
+                return step
+        return None
+
     def restore_latest(self, target: Any) -> Any:
-        """The latest saved state laid out like `target`, or `target` itself."""
-        step = self.latest_step
-        if step is None:
-            return target
+        """The newest intact saved state laid out like `target`, or `target`.
+
+        A damaged step (its files differ from their digest) is renamed to
+        `<step>.damaged`, with a warning naming the file, and the step before
+        it is tried.
+        """
+        for step in sorted(self._manager.all_steps(), reverse=True):
+            problem = self.damage(step)
+            if problem is None:
+                return self._restore(step, target)
+            self._set_aside(step, problem)
+        return target
+
+    def _set_aside(self, step: int, problem: str) -> None:
+        folder = self._step_folder(step)
+        aside = folder.with_name(f"{step}.damaged")
+        count = 1
+        while aside.exists():
+            aside, count = folder.with_name(f"{step}.damaged-{count}"), count + 1
+        logging.warning(
+            "Checkpoint step %d in %s is damaged: %s. Moved it to %s; "
+            "resuming from the step before it, if any.",
+            step, self.directory, problem, aside)
+        if jax.process_index() == 0:
+            folder.rename(aside)
+        if jax.process_count() > 1:
+            multihost_utils.sync_global_devices(f"grepq_set_aside_{step}")
+        self._manager.reload()
+
+    def _restore(self, step: int, target: Any) -> Any:
         abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
         try:
             return self._manager.restore(
                 step, args=ocp.args.StandardRestore(abstract)
             )
         except Exception as error:  # As in save.
+            # Its files are intact (they match their digest): the checkpoint
+            # is of another config or model.
             raise CheckpointError(
-                f"cannot restore step {step} from {self.directory} (a "
-                f"checkpoint of another config or model?): {_one_line(error)}"
+                f"cannot restore step {step} from {self.directory}: it does "
+                f"not fit this config and model ({_one_line(error)}); use "
+                "another --workdir or the config that wrote it"
             ) from error
 
     def save(self, step: int, state: Any, *, force: bool = False) -> bool:
@@ -118,19 +251,23 @@ class TrainCheckpoints:
         """
         try:
             self._manager.check_for_errors()
+            due = jax.process_index() == 0 and (force or self.should_save(step))
+            if due:
+                self._saving.append(step)
             saved = self._manager.save(
                 step, args=ocp.args.StandardSave(state), force=force
             )
+            if due and not saved:
+                self._saving.pop()
             if saved and not self._saved_once:
                 self._manager.wait_until_finished()
                 self._saved_once = True
             return saved
         except Exception as error:  # Orbax and tensorstore raise many kinds.
             self._failed = True
-            raise CheckpointError(
-                f"cannot save the checkpoint of step {step} in "
-                f"{self.directory}: {_one_line(error)}"
-            ) from error
+            raise CheckpointError(_failure(
+                f"save the checkpoint of step {step}", self.directory, state,
+                error)) from error
 
     def should_save(self, step: int) -> bool:
         """Whether `save(step, ...)` without `force` would save."""
@@ -157,9 +294,8 @@ class TrainCheckpoints:
             self._manager.wait_until_finished()
             self._manager.check_for_errors()
         except Exception as error:  # As in save.
-            raise CheckpointError(
-                f"cannot save the last checkpoint in {self.directory}: "
-                f"{_one_line(error)}"
+            raise CheckpointError(_failure(
+                "save the last checkpoint", self.directory, None, error)
             ) from error
         finally:
             self._manager.close()
@@ -181,11 +317,21 @@ def write_export(directory: str, tree: Any, metadata: dict[str, Any]) -> None:
             ),
             tree,
         )
-    checkpointer = ocp.StandardCheckpointer()
-    checkpointer.save(directory / EXPORT_TREE, tree, force=True)
-    checkpointer.wait_until_finished()
+    _drop_closed_loop_noise()
+    # The metadata marks the export complete: gone while the tree is written.
     if jax.process_index() == 0:
-        (directory / EXPORT_METADATA).write_text(json.dumps(metadata, indent=2))
+        (directory / EXPORT_METADATA).unlink(missing_ok=True)
+    try:
+        checkpointer = ocp.StandardCheckpointer()
+        checkpointer.save(directory / EXPORT_TREE, tree, force=True)
+        checkpointer.wait_until_finished()
+        if jax.process_index() == 0:
+            temporary = directory / f".{EXPORT_METADATA}.tmp"
+            temporary.write_text(json.dumps(metadata, indent=2))
+            temporary.rename(directory / EXPORT_METADATA)
+    except Exception as error:  # Orbax and tensorstore raise many kinds.
+        raise CheckpointError(
+            _failure("write the export", directory, tree, error)) from error
 
 
 def export_metadata(directory) -> epath.Path:

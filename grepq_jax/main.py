@@ -13,8 +13,9 @@ given `--coordinator_address`, `--num_processes` and `--process_id`; see
 launch/ and docs/scaling.md.
 
 Exit codes: 0 done (or stopped by SIGTERM and saved), 2 a usage error (flags,
-config, workdir, data folder), 1 a failure (a checkpoint that cannot be
-written, a non-finite loss, a checkpoint that cannot be loaded).
+a config field out of its range, a workdir in use by another run, data
+folder), 1 a failure (a full disk, a checkpoint that cannot be written, a
+non-finite loss, a checkpoint that cannot be loaded).
 """
 
 from grepq_jax import quiet_logs  # Before TensorFlow, JAX and transformers load.
@@ -32,6 +33,7 @@ from ml_collections import config_flags  # noqa: E402
 from grepq_jax import checkpoint  # noqa: E402
 from grepq_jax import cli  # noqa: E402
 from grepq_jax import config_errors  # noqa: E402
+from grepq_jax import config_ranges  # noqa: E402
 from grepq_jax import distributed  # noqa: E402
 from grepq_jax import errors  # noqa: E402
 from grepq_jax import train  # noqa: E402
@@ -53,6 +55,12 @@ _SHOW_CONFIG = flags.DEFINE_bool(
     False,
     "Print the config's fields and values (after any --config.X overrides) "
     "and exit.",
+)
+_UNTRAINED = flags.DEFINE_bool(
+    "untrained",
+    False,
+    "Export the initial (untrained) encoder to WORKDIR/export without "
+    "training it: a baseline to compare trained encoders with.",
 )
 _COORDINATOR_ADDRESS = flags.DEFINE_string(
     "coordinator_address",
@@ -96,7 +104,10 @@ examples:
   grepq train --config=configs/low_level.py --workdir=runs/low_level
   grepq train --config=configs/low_level.py:paper --workdir=runs/paper \\
       --config.data.path=/data/pristine --config.batch_size=16
-  grepq train --config=configs/low_level.py:paper --show_config   # the fields"""
+  grepq train --config=configs/low_level.py:paper --show_config   # the fields
+  grepq train --config=configs/low_level.py --workdir=runs/untrained --untrained
+
+One run per workdir: a second one is refused while the first runs."""
 
 _PACKAGE_DIR = os.path.dirname(os.path.abspath(train.__file__)) + os.sep
 _ORBAX = os.sep + os.path.join("orbax", "checkpoint") + os.sep
@@ -147,6 +158,9 @@ def parse_flags(argv: list[str]) -> list[str]:
     if _SHOW_CONFIG.value:
         print(config)
         sys.exit(0)
+    problems = config_ranges.range_errors(config)
+    if problems:
+        _usage_error("\n".join(problems))
     if not _WORKDIR.value:
         _usage_error("--workdir is required, e.g. --workdir=runs/low_level")
     problem = checkpoint.workdir_problem(cli.absolute(_WORKDIR.value))
@@ -161,8 +175,9 @@ def _program() -> str:
 
 
 def _usage_error(message: str):
-    print(f"{_program()}: {message}\nRun with --help for the usage.",
-          file=sys.stderr)
+    for line in message.splitlines():
+        print(f"{_program()}: {line}", file=sys.stderr)
+    print("Run with --help for the usage.", file=sys.stderr)
     sys.exit(2)
 
 
@@ -183,7 +198,7 @@ def main(argv):
         config.data.path = cli.absolute(config.data.path)
     keep_compiled_programs(workdir)
     try:
-        train.train_and_evaluate(config, workdir)
+        train.train_and_evaluate(config, workdir, untrained=_UNTRAINED.value)
     except errors.UsageError as error:
         print(f"{_program()}: {error}", file=sys.stderr)
         return 2

@@ -8,6 +8,8 @@ import time
 import jax
 import tqdm
 
+from grepq_jax import errors
+
 
 class ProgressReporter:
     """Logs scalars to `<logdir>` and shows steps/s and images/s."""
@@ -25,7 +27,12 @@ class ProgressReporter:
         self._last_time, self._last_step = None, start_step
         if self._active:
             self._tf = _tensorflow()
-            self._writer = self._tf.summary.create_file_writer(logdir)
+            try:
+                self._writer = self._tf.summary.create_file_writer(logdir)
+            except Exception as error:  # TensorFlow's own error classes.
+                raise errors.RunFailure(
+                    f"cannot write TensorBoard events in {logdir}: "
+                    f"{_reason(error)}") from None
             self._bar = tqdm.tqdm(
                 total=total_steps,
                 initial=start_step,
@@ -64,6 +71,15 @@ class ProgressReporter:
         if self._active:
             self._writer.flush()
             self._bar.close()
+
+
+def _reason(error: Exception) -> str:
+    """TensorFlow's message is a function node's name, a path and the cause."""
+    text = str(error)
+    if "No space left on device" in text:
+        return "no space left on device; free some space or use another --workdir"
+    return text.strip().splitlines()[0].rsplit("; ", 1)[-1] if text.strip() else (
+        type(error).__name__)
 
 
 def _tensorflow():

@@ -21,10 +21,12 @@ import numpy as np
 import optax
 
 from grepq_jax import checkpoint
+from grepq_jax import config_ranges
 from grepq_jax import distributed
 from grepq_jax import errors
 from grepq_jax import progress
 from grepq_jax import sharding
+from grepq_jax import workdir_lock
 from grepq_jax import xla_options
 from grepq_jax.pathways import build_pathway
 
@@ -132,14 +134,25 @@ def make_step_fn(objective, optimizer: optax.GradientTransformation,
     )
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
+                       untrained: bool = False):
     """Trains `config.pathway`, resuming from `workdir`, then exports it.
 
     On SIGTERM (a preempted TPU VM, a scheduler) it saves at the next step
     boundary and returns that state without exporting; running it again
-    resumes there.
+    resumes there. `untrained` exports the initial encoder without training
+    it (a baseline for benchmarks).
+
+    The config's ranges are checked first (UsageError, before any work), then
+    the workdir is locked for the run (`workdir_lock`).
     """
-    workdir = epath.Path(workdir)
+    config_ranges.check_ranges(config)
+    with workdir_lock.held(str(workdir), holder=jax.process_index() == 0):
+        return _train_and_evaluate(config, epath.Path(workdir), untrained)
+
+
+def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: epath.Path,
+                        untrained: bool):
     try:
         # The data is read first: a bad folder stops the run before any compile.
         pathway = build_pathway(config, str(workdir))
@@ -164,6 +177,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
         replicated,
     )
     distributed.wait_for_every_process("grepq_data_ready")
+    if untrained:
+        pathway.export(state, str(workdir / "export"))
+        logging.info("Exported the untrained encoder to %s.", workdir / "export")
+        return state
     checkpoints = checkpoint.TrainCheckpoints(
         str(workdir / "checkpoints"),
         save_every_steps=config.checkpoint_every_steps,
@@ -324,7 +341,7 @@ def _checked_scalars(step_metrics, finite, first: int, done: int,
         return scalars
     where = (f"at step {done} ({scalars})" if first == done else
              f"at a step from {first} to {done} (step {done}: {scalars})")
-    kept = checkpoints.latest_step
+    kept = checkpoints.latest_verified_step()
     raise NonFiniteError(
         f"non-finite loss, gradient or parameters {where}; "
         + (

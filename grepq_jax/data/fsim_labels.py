@@ -77,6 +77,7 @@ class LabelCache:
         self._unsaved: dict[str, np.ndarray] = {}
         self._part_count = itertools.count()
         self._last_write = time.monotonic()
+        self._stale = False  # entries were discarded: the .npz needs rewriting
         if self._path is not None:
             self._load()
 
@@ -102,8 +103,18 @@ class LabelCache:
             logging.warning("Ignoring unreadable FSIM cache %s: %s", path, error)
             return {}
 
+    @property
+    def path(self) -> epath.Path | None:
+        return self._path
+
     def get(self, key: str) -> np.ndarray | None:
         return self._matrices.get(key)
+
+    def discard(self, key: str):
+        """Forgets a bad entry; the next `save` rewrites the file without it."""
+        if self._matrices.pop(key, None) is not None:
+            self._unsaved.pop(key, None)
+            self._stale = True
 
     def put(self, key: str, matrix: np.ndarray):
         self._matrices[key] = self._unsaved[key] = matrix
@@ -112,7 +123,15 @@ class LabelCache:
 
     def _write_part(self):
         name = f"{self._path.stem}.{os.getpid()}-{next(self._part_count)}.part"
-        self._write(self._path.with_name(name), self._unsaved)
+        try:
+            self._write(self._path.with_name(name), self._unsaved)
+        except OSError as error:  # A full disk: keep the labels in memory.
+            self._path.with_name(name).unlink(missing_ok=True)
+            logging.warning("Cannot write the FSIM cache %s (%s); this run "
+                            "goes on with its labels in memory.", self._path,
+                            error.strerror or error)
+            self._writer = False
+            return
         self._parts.append(self._path.with_name(name))
         self._unsaved = {}
         self._last_write = time.monotonic()
@@ -120,15 +139,22 @@ class LabelCache:
     def save(self):
         """Writes every matrix to the .npz (temporary file, then rename) and
         removes the part files."""
-        if not self._writer or not (self._unsaved or self._parts):
+        if not self._writer or not (self._unsaved or self._parts or self._stale):
             return
-        self._path.parent.mkdir(parents=True, exist_ok=True)
         temporary = self._path.with_name(f".{self._path.name}.{os.getpid()}.tmp")
-        self._write(temporary, self._matrices)
-        temporary.replace(self._path)
+        try:
+            self._path.parent.mkdir(parents=True, exist_ok=True)
+            self._write(temporary, self._matrices)
+            temporary.replace(self._path)
+        except OSError as error:  # A full disk: the labels are in memory.
+            temporary.unlink(missing_ok=True)
+            logging.warning("Cannot write the FSIM cache %s (%s); this run "
+                            "goes on with its labels in memory.", self._path,
+                            error.strerror or error)
+            return
         for part in self._parts:
             part.unlink(missing_ok=True)
-        self._parts, self._unsaved = [], {}
+        self._parts, self._unsaved, self._stale = [], {}, False
 
     @staticmethod
     def _write(path: epath.Path, matrices: dict[str, np.ndarray]):
@@ -137,6 +163,60 @@ class LabelCache:
         np.savez(buffer, keys=np.array(list(matrices)),
                  matrices=np.stack(list(matrices.values())))
         path.write_bytes(buffer.getvalue())
+
+
+def matrix_problem(matrix: np.ndarray, versions: int) -> str | None:
+    """Why `matrix` cannot be a group of `versions` versions' FSIM labels
+    ((V, V) float32, finite, in [0, 1]), or None. Computed and cached
+    matrices pass the same check."""
+    if matrix.shape != (versions, versions):
+        return f"shape {matrix.shape}, not ({versions}, {versions})"
+    if matrix.dtype != np.float32:
+        return f"dtype {matrix.dtype}, not float32"
+    if not np.isfinite(matrix).all():
+        return "not finite"
+    if matrix.min() < 0 or matrix.max() > 1 + 1e-5:
+        return f"values outside [0, 1] ({matrix.min():.3g} to {matrix.max():.3g})"
+    return None
+
+
+def _cached_matrices(groups: Sequence[Group], keys: list[str],
+                     cache: LabelCache) -> dict[int, np.ndarray]:
+    """The cached matrices (by group index) that pass `matrix_problem`; the
+    others are discarded, to be recomputed, with a warning naming the cache
+    file.
+
+    Their size V is that of the first group's versions, built once (without
+    FSIM) when a cached matrix is to be used: the cache itself cannot tell a
+    wrong size that all of its entries share.
+    """
+    cached = {i: cache.get(key) for i, key in enumerate(keys)
+              if cache.get(key) is not None}
+    if not cached:
+        return {}
+    versions = _versions_per_group(groups)
+    if versions is None:  # Every group is unusable: the pass says why.
+        return {}
+    bad = {i: matrix_problem(m, versions) for i, m in cached.items()}
+    bad = {i: why for i, why in bad.items() if why}
+    for i in bad:
+        cache.discard(keys[i])
+        del cached[i]
+    if bad:
+        first = min(bad)
+        logging.warning("FSIM cache %s: %d of %d entries are unusable (%s: %s); "
+                        "recomputing them.", cache.path, len(bad), len(bad) + len(cached),
+                        groups[first].label, bad[first])
+    return cached
+
+
+def _versions_per_group(groups: Sequence[Group]) -> int | None:
+    """V, from the first group that builds."""
+    for group in groups:
+        versions, reason = _build_or_reason(group)
+        if reason is None:
+            return len(versions)
+    return None
 
 
 def _build_or_reason(group: Group) -> tuple[np.ndarray | None, str | None]:
@@ -200,8 +280,7 @@ def label_groups(groups: Sequence[Group], *, workers: int, chromatic: bool,
     its key holds its files' sizes and modification times.
     """
     keys = [f"{index}|{group.fingerprint}" for index, group in enumerate(groups)]
-    matrices = {i: cache.get(key) for i, key in enumerate(keys)
-                if cache.get(key) is not None}
+    matrices = _cached_matrices(groups, keys, cache)
     todo = [i for i in range(len(groups)) if i not in matrices]
     reasons: dict[int, str] = {}
     progress = _Progress(len(groups), len(matrices))
