@@ -176,7 +176,8 @@ def export_model(out, *, low_level: str | None = None, high_level: str | None = 
     its patch size replaces `patch_size`) or the embedded photographs.
     Returns its description (model.json). Raises ValueError when neither
     encoder is given, both pristine sources are, or a pristine source is
-    unusable, FileExistsError when `out` is not new or empty.
+    unusable or `out` overlaps an input (errors.UsageError), FileExistsError
+    when `out` is not new or empty, errors.RunFailure when the disk is full.
     """
     if not (low_level or high_level):
         raise ValueError("give at least one of the low-level and high-level exports")
@@ -257,7 +258,10 @@ def main(argv: list[str]) -> int:
     absolute = {name: flag.value and cli.absolute(flag.value) for name, flag in (
         ("out", _OUT), ("low_level", _LOW_LEVEL), ("high_level", _HIGH_LEVEL),
         ("pristine_folder", _PRISTINE), ("pristine_patches", _PRISTINE_PATCHES))}
-    try:
+    try:  # As the user typed the paths first, for the message.
+        check_paths(_OUT.value, {"low_level": _LOW_LEVEL.value, "high_level": _HIGH_LEVEL.value,
+                                 "pristine": _PRISTINE.value,
+                                 "pristine_patches": _PRISTINE_PATCHES.value})
         description = export_model(**absolute, patch_size=_PATCH_SIZE.value,
                                    chunk=_CHUNK.value)
     except (ImportError, errors.RunFailure) as error:  # h5py; a full disk.

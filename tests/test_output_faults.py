@@ -21,7 +21,8 @@ import numpy as np
 from PIL import Image
 import pytest
 
-from grepq_jax import cli, errors, output_files, score
+from grepq_jax import cli, errors, export, output_files, score
+from grepq_jax.scoring import model_folder as folder_format
 from model_fixtures import high_level_export, low_level_export, model_folder  # noqa: F401
 
 REPO = pathlib.Path(__file__).parents[1]
@@ -220,3 +221,94 @@ def test_replacing_keeps_the_old_file_when_the_write_fails(tmp_path):
     assert target.read_text() == "old" and leftovers(tmp_path) == []
     output_files.write_text(target, "new")
     assert target.read_text() == "new" and leftovers(tmp_path) == []
+
+
+# grepq export ------------------------------------------------------------------------
+
+def test_export_refuses_an_out_inside_an_input(low_level_export, tmp_path):
+    shutil.copytree(low_level_export, tmp_path / "low")
+    done = run_command("export", "--low_level=low", "--out=low/model", cwd=tmp_path)
+    assert done.returncode == 2, done.stderr
+    assert one_line(done.stderr).startswith(
+        "export failed: --out=low/model and --low_level=low overlap")
+    assert not (tmp_path / "low" / "model").exists()
+
+
+def test_export_on_a_full_tmpfs_is_one_line_exit_1_and_leaves_nothing(
+        low_level_export, high_level_export, tmp_path):
+    """Issue item 6: 89 tracebacks and exit 2; the folder needs about 520 kB."""
+    with small_tmpfs("256k") as full:
+        done = run_command("export", f"--low_level={low_level_export}",
+                           f"--high_level={high_level_export}", f"--out={full}/model",
+                           cwd=tmp_path)
+        assert done.returncode == 1, done.stderr
+        assert done.stderr.splitlines() == [
+            done.stderr.splitlines()[0]], done.stderr  # One line, nothing else.
+        assert done.stderr.startswith(f"export failed: cannot write {full}/model: no "
+                                      "space left on device")
+        assert list(full.iterdir()) == []
+
+
+def test_export_with_a_simulated_full_disk_leaves_nothing(low_level_export, tmp_path,
+                                                          monkeypatch, capsys):
+    """ENOSPC at the pristine statistics' write, after the encoder is written."""
+    def savez_into_full_disk(file, **arrays):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    monkeypatch.setattr(export.np, "savez", savez_into_full_disk)
+    monkeypatch.chdir(tmp_path)
+    argv = ["export", f"--low_level={os.path.relpath(low_level_export)}", "--out=model"]
+    assert export.main(cli.parse(export.FLAGS, argv)) == 1
+    assert one_line(capsys.readouterr().err) == (
+        f"export failed: cannot write {tmp_path}/model/pristine_statistics.npz: no space "
+        "left on device (free some space or choose another folder, then run it again)")
+    assert not (tmp_path / "model").exists()
+
+
+_KILLED_EXPORT = """\
+import os, sys
+from grepq_jax import checkpoint, export
+write = checkpoint.write_export
+def write_then_die(directory, tree, metadata):
+    write(directory, tree, metadata)
+    os._exit(9)  # As a kill -9 after the first encoder's files.
+checkpoint.write_export = write_then_die
+sys.argv = ["grepq export"] + sys.argv[1:]
+export.run_command()
+"""
+
+
+def test_a_killed_export_is_recognised_and_replaced_by_the_rerun(
+        low_level_export, high_level_export, photos, tmp_path):
+    """Issue item 11: the rerun was refused ("not an empty folder")."""
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO),
+                                                       os.environ.get("PYTHONPATH", "")]))
+    flags = [f"--low_level={low_level_export}", f"--high_level={high_level_export}",
+             "--out=model"]
+    killed = subprocess.run([sys.executable, "-c", _KILLED_EXPORT, *flags], cwd=tmp_path,
+                            env=env, capture_output=True, text=True, timeout=600)
+    assert killed.returncode == 9, killed.stderr
+    assert (tmp_path / "model" / folder_format.UNFINISHED_MARKER).exists()
+    scored = run_command("score", "--model=model", "photos", cwd=tmp_path)
+    assert scored.returncode == 2, scored.stderr
+    assert one_line(scored.stderr) == (
+        f"cannot score with model: {tmp_path}/model is an unfinished model folder (grepq export "
+        "stopped before finishing it): run the export again with the same --out, which "
+        "replaces it")
+    again = run_command("export", *flags, cwd=tmp_path)
+    assert again.returncode == 0, again.stderr
+    assert again.stderr.splitlines()[0] == (
+        f"note: replacing the unfinished model folder {tmp_path}/model (an export that "
+        "stopped before finishing)")
+    assert sorted(p.name for p in (tmp_path / "model").iterdir()) == [
+        "high_level", "low_level", "model.json", "pristine_statistics.npz"]
+    assert score.create_scorer(tmp_path / "model").score(photos / "p0.png") > 0
+
+
+def test_export_still_refuses_a_folder_that_is_not_its_own(low_level_export, tmp_path):
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "notes.txt").write_text("mine")
+    done = run_command("export", f"--low_level={low_level_export}", "--out=model",
+                       cwd=tmp_path)
+    assert done.returncode == 2, done.stderr
+    assert "exists and is not an empty folder" in one_line(done.stderr)
+    assert (tmp_path / "model" / "notes.txt").read_text() == "mine"
