@@ -47,20 +47,21 @@ def _inside(inner: pathlib.Path, outer: pathlib.Path) -> bool:
     return inner == outer or outer in inner.parents
 
 
-def _same_file(a: Place, b: Place) -> bool:
-    if a.resolved() == b.resolved():
-        return True
-    try:  # Hard links: two names, one file.
-        return os.path.samefile(a.path, b.path)
-    except OSError:
-        return False
+def _file_keys(place: Place) -> list:
+    """Its resolved path, and (device, inode) if it exists: hard links too."""
+    keys: list = [place.resolved()]
+    with contextlib.suppress(OSError):
+        info = os.stat(place.path)
+        keys.append((info.st_dev, info.st_ino))
+    return keys
 
 
 def clash(a: Place, b: Place) -> str | None:
     """Why writing `a` could touch `b` (or the reverse), or None."""
     path_a, path_b = a.resolved(), b.resolved()
     if not a.folder and not b.folder:
-        return f"{_shown(a)} and {_shown(b)} are the same file" if _same_file(a, b) else None
+        same = set(_file_keys(a)) & set(_file_keys(b))
+        return f"{_shown(a)} and {_shown(b)} are the same file" if same else None
     if a.folder and b.folder:
         if _inside(path_a, path_b) or _inside(path_b, path_a):
             return f"{_shown(a)} and {_shown(b)} overlap"
@@ -74,15 +75,38 @@ def clash(a: Place, b: Place) -> str | None:
 
 
 def check_no_clash(inputs: Iterable[Place], outputs: Iterable[Place]) -> None:
-    """Raises errors.UsageError if an output could touch an input or another output."""
-    inputs, outputs = list(inputs), list(outputs)
-    for i, output in enumerate(outputs):
-        for other in inputs + outputs[i + 1:]:
-            reason = clash(output, other)
+    """Raises errors.UsageError if an output could touch an input or another output.
+
+    Files are matched through an index, so a dataset of many thousand input
+    files costs one stat each.
+    """
+    files: dict = {}  # A key of _file_keys -> the first file with it.
+    folders: list[Place] = []
+    written: list[Place] = []
+    for place in inputs:
+        if place.folder:
+            folders.append(place)
+        else:
+            for key in _file_keys(place):
+                files.setdefault(key, place)
+    for output in outputs:
+        if output.folder:
+            candidates = folders + list(dict.fromkeys(files.values()))
+        else:
+            candidates = folders + [files[key] for key in _file_keys(output)
+                                    if key in files][:1]
+        for other in candidates:  # Named in the order the user gave them.
+            reason = clash(other, output) if other in written else clash(output, other)
             if reason:
                 raise errors.UsageError(
                     f"{reason}: a command never writes onto what it reads or onto "
                     "another of its outputs; choose another output path")
+        written.append(output)
+        if output.folder:
+            folders.append(output)
+        else:
+            for key in _file_keys(output):
+                files.setdefault(key, output)
 
 
 def _umask() -> int:

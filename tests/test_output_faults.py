@@ -8,6 +8,7 @@ user's mistake, 1 for a failure) and leave no input touched and no empty or
 partial output behind.
 """
 import contextlib
+import dataclasses
 import errno
 import json
 import os
@@ -16,12 +17,14 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import warnings
 
 import numpy as np
 from PIL import Image
 import pytest
 
-from grepq_jax import cli, errors, export, output_files, score
+from grepq_jax import cli, errors, evaluate, export, output_files, score
+from grepq_jax.evaluation import correlation, results_table
 from grepq_jax.scoring import model_folder as folder_format
 from model_fixtures import high_level_export, low_level_export, model_folder  # noqa: F401
 
@@ -312,3 +315,112 @@ def test_export_still_refuses_a_folder_that_is_not_its_own(low_level_export, tmp
     assert done.returncode == 2, done.stderr
     assert "exists and is not an empty folder" in one_line(done.stderr)
     assert (tmp_path / "model" / "notes.txt").read_text() == "mine"
+
+
+# grepq evaluate (with test_evaluate's stand-in model: no encoder to compile) -------------
+
+from test_evaluate import SharpnessModel, blur_root, run_cli, stand_in  # noqa: E402,F401
+
+
+def test_evaluate_refuses_an_out_inside_the_model_folder(stand_in, blur_root, tmp_path,
+                                                         monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "models" / "grepq").mkdir(parents=True)
+    assert evaluate.main(cli.parse(evaluate.FLAGS, [
+        "evaluate", "--model=models/grepq", "--dataset=csv", f"--root={blur_root}",
+        "--out=models/grepq", "--num_train=10"])) == 2
+    assert one_line(capsys.readouterr().err) == (
+        "evaluation failed: --out=models/grepq (results.csv) lies inside "
+        "--model=models/grepq: a command never writes onto what it reads or onto another "
+        "of its outputs; choose another output path")
+    assert list((tmp_path / "models" / "grepq").iterdir()) == []
+
+
+def test_evaluate_refuses_an_out_whose_report_would_replace_an_image(
+        stand_in, blur_root, tmp_path, capsys):
+    root = tmp_path / "dataset"
+    shutil.copytree(blur_root, root)
+    os.replace(root / "images" / "coffee_0.png", root / "images" / "results.md")
+    scores = (root / "scores.csv").read_text()
+    (root / "scores.csv").write_text(scores.replace("images/coffee_0.png",
+                                                    "images/results.md"))
+    before = (root / "images" / "results.md").read_bytes()
+    assert run_cli(f"--root={root}", f"--out={root / 'images'}", "--num_train=10") == 2
+    assert one_line(capsys.readouterr().err).startswith(
+        f"evaluation failed: --out={root / 'images'} (results.md) and the csv image "
+        "images/results.md are the same file")
+    assert (root / "images" / "results.md").read_bytes() == before
+
+
+def test_evaluate_with_no_usable_image_says_why(stand_in, blur_root, tmp_path, capsys):
+    """Issue item 11: "only 0 of 64 images could be used", without the reason."""
+    root = tmp_path / "dataset"
+    shutil.copytree(blur_root, root)
+    for path in (root / "images").iterdir():
+        path.write_bytes(b"not an image")
+    assert run_cli(f"--root={root}", f"--out={tmp_path / 'out'}", "--num_train=10") == 1
+    line = one_line(capsys.readouterr().err)
+    assert line.startswith("evaluation failed: csv: only 0 of 64 images could be used; "
+                           "64 x cannot decode (UnidentifiedImageError: cannot identify "
+                           f"image file '{root}/images/")
+
+
+class ConstantModel(SharpnessModel):
+    """Gives every image the same zero-shot score, as a broken encoder would."""
+
+    def analyse(self, items, *, needs, batch_size):
+        for key, analysis in super().analyse(items, needs=needs, batch_size=batch_size):
+            yield key, (analysis if isinstance(analysis, Exception) else
+                        dataclasses.replace(analysis, low_level_score=0.25))
+
+
+def test_evaluate_with_constant_scores_fails_in_one_line_without_nan(
+        stand_in, blur_root, tmp_path, monkeypatch, capsys):
+    """Issue item 11: NaN correlations, raw SciPy warnings and exit 0."""
+    monkeypatch.setattr(evaluate.qm.QualityModel, "load",
+                        staticmethod(lambda folder, chunk: ConstantModel()))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # A SciPy ConstantInputWarning fails the test.
+        status = run_cli(f"--root={blur_root}", f"--out={tmp_path / 'out'}",
+                         "--num_train=10")
+    assert status == 1
+    assert one_line(capsys.readouterr().err) == (
+        "evaluation failed: csv, zero-shot low_level score: the predictions of all 64 "
+        "images are equal (0.25), so SROCC and PLCC are undefined")
+    assert not (tmp_path / "out" / "results.csv").exists()
+
+
+def test_correlations_of_constant_inputs_are_refused_not_nan():
+    varying = np.arange(5.0)
+    for function in (correlation.srocc, correlation.krcc, correlation.plcc):
+        with pytest.raises(correlation.UndefinedCorrelation, match="subjective scores"):
+            function(varying, np.full(5, 3.0))
+        assert np.isfinite(function(varying, varying ** 2))
+
+
+def test_evaluate_on_a_full_tmpfs_is_one_line_and_leaves_no_partial_file(
+        stand_in, blur_root, tmp_path, capsys):
+    with small_tmpfs("64k") as full:
+        fill(full)
+        status = run_cli(f"--root={blur_root}", f"--out={full}/out", "--num_train=10")
+        assert status == 1
+        assert one_line(capsys.readouterr().err) == (
+            f"evaluation failed: cannot write {full}/out/features_csv.npz: no space left "
+            "on device (free some space or choose another folder, then run it again)")
+        assert leftovers(full) == []
+        assert not (full / "out" / "results.csv").exists()
+        assert not (full / "out" / "features_csv.npz").exists()
+
+
+def test_evaluate_with_a_simulated_full_disk_names_the_file(stand_in, blur_root, tmp_path,
+                                                            monkeypatch, capsys):
+    """ENOSPC at the results table's write, after the feature cache is written."""
+    def full_disk(*args, **kwargs):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    monkeypatch.setattr(results_table.csv.DictWriter, "writerows", full_disk)
+    monkeypatch.chdir(tmp_path)
+    assert run_cli(f"--root={blur_root}", "--out=out", "--num_train=10") == 1
+    assert one_line(capsys.readouterr().err) == (
+        f"evaluation failed: cannot write {tmp_path}/out/results.csv: no space left on "
+        "device (free some space or choose another folder, then run it again)")
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["features_csv.npz"]
