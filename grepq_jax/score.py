@@ -511,8 +511,9 @@ def main(argv: list[str]) -> int:
     except errors.RunFailure as error:  # A full disk: no output file is left.
         print(f"score failed: {printable(str(error))}", file=sys.stderr)
         return 1
-    except OSError as error:
-        print(f"cannot write the output: {printable(str(error))}", file=sys.stderr)
+    except OSError as error:  # Writing stdout (files fail as RunFailure or UsageError).
+        failure = errors.disk_full(error, "stdout") or error
+        print(f"score failed: {printable(str(failure))}", file=sys.stderr)
         return 1
     for line in skips.summary():
         print(f"not scored: {printable(line)}", file=sys.stderr)
