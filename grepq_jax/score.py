@@ -424,7 +424,9 @@ def score_paths(scorer: Scorer, paths: list[str], csv_file, json_file=None, *,
                 failed += result.error is not None
                 bar.update()
     finally:
-        writer.close()  # On stdout, valid JSON of the rows so far even if interrupted.
+        # The rows so far stay valid JSON for a caller's own file; the command
+        # discards its unfinished files instead (output_files.replacing).
+        writer.close()
     return scored, failed
 
 
