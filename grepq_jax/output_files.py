@@ -10,6 +10,7 @@ import contextlib
 import dataclasses
 import os
 import pathlib
+import stat
 import tempfile
 from collections.abc import Iterable, Iterator
 
@@ -90,6 +91,8 @@ def check_no_clash(inputs: Iterable[Place], outputs: Iterable[Place]) -> None:
             for key in _file_keys(place):
                 files.setdefault(key, place)
     for output in outputs:
+        if is_stream(output.path):
+            continue
         if output.folder:
             candidates = folders + list(dict.fromkeys(files.values()))
         else:
@@ -109,6 +112,16 @@ def check_no_clash(inputs: Iterable[Place], outputs: Iterable[Place]) -> None:
                 files.setdefault(key, output)
 
 
+def is_stream(path) -> bool:
+    """Whether `path` is a device, pipe or socket (/dev/null, /dev/stdout, a
+    FIFO): written in place, never replaced, and never a clash."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return False
+    return not (stat.S_ISREG(mode) or stat.S_ISDIR(mode))
+
+
 def _umask() -> int:
     mask = os.umask(0o022)
     os.umask(mask)
@@ -118,19 +131,28 @@ def _umask() -> int:
 @contextlib.contextmanager
 def replacing_path(path) -> Iterator[str]:
     """A temporary path beside `path` (same suffix) to write to; renamed to
-    `path` when the block ends normally, else removed.
+    `path` when the block ends normally, else removed. A stream (`is_stream`)
+    is given as itself.
 
     A write refused for lack of space is raised as errors.RunFailure naming
     `path`.
     """
-    path = pathlib.Path(path)
+    if is_stream(path):
+        yield os.fspath(path)
+        return
+    # Through a link to the file it names, as open() writes; its mode kept.
+    path = pathlib.Path(os.path.realpath(path))
+    try:
+        mode = stat.S_IMODE(os.stat(path).st_mode)
+    except FileNotFoundError:
+        mode = 0o666 & ~_umask()  # As open() would make it.
     handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.",
                                          suffix=PARTIAL_SUFFIX + path.suffix,
                                          dir=path.parent)
     os.close(handle)
     try:
         yield temporary
-        os.chmod(temporary, 0o666 & ~_umask())  # As open() would have made it.
+        os.chmod(temporary, mode)
         os.replace(temporary, path)
     except BaseException as error:
         with contextlib.suppress(OSError):

@@ -424,3 +424,21 @@ def test_evaluate_with_a_simulated_full_disk_names_the_file(stand_in, blur_root,
         f"evaluation failed: cannot write {tmp_path}/out/results.csv: no space left on "
         "device (free some space or choose another folder, then run it again)")
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["features_csv.npz"]
+
+
+def test_replacing_writes_streams_in_place_and_links_through(tmp_path):
+    """--output=/dev/null (the benchmarks') must not replace /dev/null, and a
+    link to a results file stays a link."""
+    before = os.stat("/dev/null")
+    output_files.write_text("/dev/null", "rows")
+    after = os.stat("/dev/null")
+    assert (after.st_ino, after.st_rdev) == (before.st_ino, before.st_rdev)
+    target = tmp_path / "shared.csv"
+    target.write_text("old")
+    target.chmod(0o640)
+    (tmp_path / "scores.csv").symlink_to("shared.csv")
+    output_files.write_text(tmp_path / "scores.csv", "new")
+    assert (tmp_path / "scores.csv").is_symlink() and target.read_text() == "new"
+    assert target.stat().st_mode & 0o777 == 0o640
+    output_files.check_no_clash([], [output_files.Place("--output=/dev/null", "/dev/null"),
+                                     output_files.Place("--json=/dev/null", "/dev/null")])
