@@ -146,9 +146,13 @@ def replacing_path(path) -> Iterator[str]:
         mode = stat.S_IMODE(os.stat(path).st_mode)
     except FileNotFoundError:
         mode = 0o666 & ~_umask()  # As open() would make it.
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.",
-                                         suffix=PARTIAL_SUFFIX + path.suffix,
-                                         dir=path.parent)
+    try:
+        handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.",
+                                             suffix=PARTIAL_SUFFIX + path.suffix,
+                                             dir=path.parent)
+    except OSError as error:  # Named by the target, not the temporary name.
+        raise (errors.disk_full(error, path)
+               or type(error)(error.errno, error.strerror, os.fspath(path))) from error
     os.close(handle)
     try:
         yield temporary
