@@ -13,3 +13,18 @@ class UsageError(ValueError):
 class RunFailure(RuntimeError):
     """The run failed for a reason outside the user's input: a checkpoint
     that cannot be written or loaded, a non-finite loss. Exit 1."""
+
+
+# errno values of a write refused for lack of space: ENOSPC, and EDQUOT (a
+# user's quota), by number so this module keeps importing nothing.
+_NO_SPACE_ERRNOS = (28, 122)
+
+
+def disk_full(error: BaseException, path) -> "RunFailure | None":
+    """A RunFailure naming `path` if `error` is a write refused for lack of
+    space (an OSError with ENOSPC or EDQUOT), else None. Raise it `from error`.
+    """
+    if isinstance(error, OSError) and error.errno in _NO_SPACE_ERRNOS:
+        return RunFailure(f"cannot write {path}: {error.strerror.lower()} (free some "
+                          "space or choose another folder, then run it again)")
+    return None

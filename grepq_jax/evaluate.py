@@ -47,10 +47,16 @@ encoder features (--features=pooled), of the encoders the model has. PLCC
 is computed after the mapping named by --mapping (poly3: the paper's code;
 logistic4: the VQEG four-parameter logistic); results.md says which.
 
+Each file is written under a temporary name and renamed when complete; a
+file --out would receive that is the model folder's or a dataset's image is
+refused before any work.
+
 Exit status: 0 done; 2 a usage or input error (bad flag, dataset layout,
-model folder, too many labelled images), in one line; 1 a failure while
-running (too few usable images, a write that fails, anything unexpected),
-in one line, its traceback kept in --out/traceback.txt.
+model folder, too many labelled images, an output onto an input), in one
+line; 1 a failure while running (too few usable images, with why the others
+were skipped; scores that do not vary, so no correlation is defined; a full
+disk; anything unexpected), in one line, an unexpected one's traceback kept
+in --out/traceback.txt.
 """
 import os
 
@@ -65,7 +71,8 @@ import traceback
 from absl import flags
 from absl import logging
 
-from grepq_jax import cli
+from grepq_jax import cli, errors, output_files
+from grepq_jax.evaluation import correlation
 from grepq_jax.evaluation import feature_cache
 from grepq_jax.evaluation import iqa_datasets
 from grepq_jax.evaluation import plots
@@ -217,6 +224,22 @@ def evaluate(model_folder, dataset: iqa_datasets.IqaDataset, out, *,
     return rows
 
 
+REPORT_FILES = ("results.csv", "results.md", "skipped.csv", "srocc_vs_labels.png",
+                "predicted_vs_true.png", "traceback.txt")
+
+
+def check_outputs(model_folder, out, datasets) -> None:
+    """errors.UsageError if a file evaluate writes into `out` is the model
+    folder's, a dataset's image, or another output."""
+    inputs = [output_files.Place(f"--model={model_folder}", model_folder, folder=True)]
+    inputs += [output_files.Place(f"the {dataset.name} image {item.name}", item.path)
+               for dataset in datasets for item in dataset.items]
+    names = list(REPORT_FILES) + [f"features_{dataset.name}.npz" for dataset in datasets]
+    output_files.check_no_clash(inputs, [
+        output_files.Place(f"--out={out} ({name})", os.path.join(out, name))
+        for name in names])
+
+
 def _evaluate_from_flags() -> list[dict]:
     dataset = _load_dataset(_DATASET.value, cli.absolute(_ROOT.value), _DATASET_ARGS.value,
                             "dataset_args")
@@ -226,6 +249,7 @@ def _evaluate_from_flags() -> list[dict]:
             raise ValueError("--cross_dataset needs --cross_root")
         cross = _load_dataset(_CROSS_DATASET.value, cli.absolute(_CROSS_ROOT.value),
                               _CROSS_DATASET_ARGS.value, "cross_dataset_args")
+    check_outputs(_MODEL.value, _OUT.value, [d for d in (dataset, cross) if d is not None])
     return evaluate(cli.absolute(_MODEL.value), dataset, cli.absolute(_OUT.value),
                     num_train=_num_train(),
                     splits=_SPLITS.value, mapping=_MAPPING.value, features=_FEATURES.value,
@@ -243,9 +267,9 @@ def _report_failure(error: Exception, out: str) -> None:
     kept = ""
     try:
         path = pathlib.Path(out) / "traceback.txt"
-        path.write_text(traceback.format_exc())
+        output_files.write_text(path, traceback.format_exc())
         kept = f" (traceback in {path})"
-    except OSError:
+    except (OSError, errors.RunFailure):
         pass
     print(f"evaluation failed: {type(error).__name__}: {error}{kept}", file=sys.stderr)
 
@@ -257,12 +281,20 @@ def main(argv: list[str]) -> int:
     logging.set_verbosity(logging.WARNING)  # Orbax logs every read at INFO.
     try:
         rows = _evaluate_from_flags()
-    except feature_cache.EvaluationFailure as error:
+    except (feature_cache.EvaluationFailure, correlation.UndefinedCorrelation,
+            errors.RunFailure) as error:  # RunFailure: a full disk.
         print(f"evaluation failed: {error}", file=sys.stderr)
         return 1
     except _USER_ERRORS as error:
         print(f"evaluation failed: {error}", file=sys.stderr)
         return 2
+    except OSError as error:
+        failure = errors.disk_full(error, error.filename or cli.absolute(_OUT.value))
+        if failure is None:
+            _report_failure(error, cli.absolute(_OUT.value))
+        else:
+            print(f"evaluation failed: {failure}", file=sys.stderr)
+        return 1
     except Exception as error:  # pylint: disable=broad-except
         _report_failure(error, cli.absolute(_OUT.value))
         return 1

@@ -10,15 +10,25 @@ file, or by default the embedded photographs), and writes the folder's
 description, model.json, last. Either encoder may be left out. The layout is
 described in grepq_jax/scoring/model_folder.py; `python -m grepq_jax.evaluate
 --fit_regressor_into_model` adds a regressor later. Nothing is written
-outside --out, which must be new or empty.
+outside --out, which must be new or empty and apart from every input (exit 2
+otherwise).
+
+While the folder is filled it holds model_folder.UNFINISHED_MARKER, which
+makes it unusable; a failure (a full disk: one line, exit 1) empties it
+again, and an export that was killed leaves the marker, so running the same
+command again replaces the unfinished folder.
 """
 import os
 
 if __name__ == "__main__":  # No PyTorch needed: see grepq_jax/cli.py.
     os.environ.setdefault("USE_TORCH", "0")
 
+import contextlib
 import json
+import logging as std_logging
 import pathlib
+import re
+import shutil
 import sys
 from collections.abc import Iterator
 
@@ -26,7 +36,7 @@ from absl import flags
 from absl import logging
 import numpy as np
 
-from grepq_jax import checkpoint, cli
+from grepq_jax import checkpoint, cli, errors, output_files
 from grepq_jax.scoring import encoders
 from grepq_jax.scoring import pristine
 from grepq_jax.scoring import model_folder
@@ -72,9 +82,88 @@ def pristine_images(folder: str | None, skipped: list[tuple[str, str]]
 
 
 def _check_out_folder(out: pathlib.Path) -> None:
+    """FileExistsError unless `out` is missing, empty, or an unfinished export's
+    folder (it holds model_folder.UNFINISHED_MARKER: replaced when writing)."""
+    if (out / model_folder.UNFINISHED_MARKER).exists():
+        return
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise FileExistsError(f"{out} exists and is not an empty folder; choose "
                               "a new --out")
+
+
+def _prepare_out_folder(out: pathlib.Path) -> None:
+    """`out` as an empty folder: made, or emptied if an unfinished export's."""
+    if (out / model_folder.UNFINISHED_MARKER).exists():
+        print(f"note: replacing the unfinished model folder {out} (an export that "
+              "stopped before finishing)", file=sys.stderr)
+        _empty(out)
+    out.mkdir(parents=True, exist_ok=True)
+
+
+def _empty(folder: pathlib.Path) -> None:
+    """Removes what `folder` holds, the unfinished marker last."""
+    for entry in folder.iterdir():
+        if entry.name == model_folder.UNFINISHED_MARKER:
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry)
+        else:
+            entry.unlink()
+    (folder / model_folder.UNFINISHED_MARKER).unlink(missing_ok=True)
+
+
+def check_paths(out, inputs: dict[str, str | None]) -> None:
+    """errors.UsageError if --out overlaps an input (flag name -> path)."""
+    places = []
+    for name, path in inputs.items():
+        if path:
+            is_folder = name != "pristine_patches"
+            places.append(output_files.Place(
+                f"--{name}={path}", path, folder=is_folder,
+                suffixes=images.IMAGE_SUFFIXES if name == "pristine" else None))
+    output_files.check_no_clash(places, [output_files.Place(f"--out={out}", out,
+                                                            folder=True)])
+
+
+def _disk_full(error: Exception, out: pathlib.Path) -> errors.RunFailure | None:
+    """A RunFailure if `error` is a write refused for lack of space: an OSError,
+    or Orbax's ValueError that quotes one (os_error_code 28)."""
+    failure = errors.disk_full(error, out)
+    text = str(error)
+    if failure is None and ("No space left on device" in text
+                            or "os_error_code='28'" in text):
+        needed = re.search(r"Failed to write (\d+) bytes", text)
+        failure = errors.RunFailure(
+            f"cannot write {out}: no space left on device"
+            + (f" (a write of {int(needed[1]):,} bytes was refused)" if needed else "")
+            + "; free some space or choose another --out, then run it again")
+    return failure
+
+
+def _write_folder(out: pathlib.Path, exports: dict, stats, description: dict) -> None:
+    """The folder's files, model.json last, between the unfinished marker's
+    creation and its removal; on failure what was written is removed."""
+    made = not out.exists()
+    _prepare_out_folder(out)
+    (out / model_folder.UNFINISHED_MARKER).touch()
+    try:
+        for name, (tree, metadata) in exports.items():
+            checkpoint.write_export(str(out / name), tree, metadata)
+        if stats is not None:
+            with output_files.replacing(out / model_folder.PRISTINE_FILE, "wb") as file:
+                np.savez(file, **stats.to_arrays())
+        output_files.write_text(out / model_folder.MODEL_JSON,
+                                json.dumps(description, indent=2))
+    except BaseException as error:
+        with contextlib.suppress(OSError):  # Frees the space a full disk needs back.
+            _empty(out)
+            if made:
+                out.rmdir()
+        failure = _disk_full(error, out)
+        if failure is not None and not isinstance(error, errors.RunFailure):
+            raise failure from error
+        raise
+    (out / model_folder.UNFINISHED_MARKER).unlink()
 
 
 def export_model(out, *, low_level: str | None = None, high_level: str | None = None,
@@ -87,13 +176,16 @@ def export_model(out, *, low_level: str | None = None, high_level: str | None = 
     its patch size replaces `patch_size`) or the embedded photographs.
     Returns its description (model.json). Raises ValueError when neither
     encoder is given, both pristine sources are, or a pristine source is
-    unusable, FileExistsError when `out` is not new or empty.
+    unusable or `out` overlaps an input (errors.UsageError), FileExistsError
+    when `out` is not new or empty, errors.RunFailure when the disk is full.
     """
     if not (low_level or high_level):
         raise ValueError("give at least one of the low-level and high-level exports")
     if pristine_folder and pristine_patches:
         raise ValueError("give a pristine image folder or a pristine patch file, not both")
     out = pathlib.Path(out).absolute()  # Orbax wants absolute paths.
+    check_paths(out, {"low_level": low_level, "high_level": high_level,
+                      "pristine": pristine_folder, "pristine_patches": pristine_patches})
     _check_out_folder(out)
     description = {"format_version": model_folder.FORMAT_VERSION, "low_level": bool(low_level),
                    "high_level": bool(high_level), "regressor": False,
@@ -112,12 +204,7 @@ def export_model(out, *, low_level: str | None = None, high_level: str | None = 
             encoder, pristine_folder, pristine_patches, patch_size=patch_size, chunk=chunk)
         description["zero_shot"] = {"patch_size": stats.patch_size,
                                     "stride": stats.patch_size // 2}
-    # Written only once everything above has worked.
-    for name, (tree, metadata) in exports.items():
-        checkpoint.write_export(str(out / name), tree, metadata)
-    if stats is not None:
-        np.savez(out / model_folder.PRISTINE_FILE, **stats.to_arrays())
-    (out / model_folder.MODEL_JSON).write_text(json.dumps(description, indent=2))
+    _write_folder(out, exports, stats, description)  # Only once all above has worked.
     return description
 
 
@@ -142,18 +229,42 @@ def _pristine_statistics(encoder: encoders.LowLevelEncoder, folder: str | None,
                    "skipped_images": [path for path, _ in skipped]}
 
 
+def _quiet_failed_save_reports() -> None:
+    """When an Orbax save fails, its threads log the error with a traceback,
+    and TensorStore's writes still in flight, finishing after Orbax closed its
+    event loop, each report the closed loop as an unraisable exception (90
+    tracebacks on a full disk, some after the save has raised). The save's own
+    error is what the command reports, in one line."""
+    previous = sys.unraisablehook
+
+    def unraisablehook(report):
+        if not (report.exc_type is RuntimeError
+                and str(report.exc_value) == "Event loop is closed"):
+            previous(report)
+    sys.unraisablehook = unraisablehook
+    std_logging.getLogger("absl").addFilter(
+        lambda record: not (record.levelno >= std_logging.ERROR
+                            and f"{os.sep}orbax{os.sep}" in record.pathname))
+    # The same errors, again, from the futures of Orbax's event loops.
+    std_logging.getLogger("asyncio").setLevel(std_logging.CRITICAL)
+
+
 def main(argv: list[str]) -> int:
     if len(argv) > 1:
         print(f"unexpected arguments: {argv[1:]}", file=sys.stderr)
         return 2
+    _quiet_failed_save_reports()
     logging.set_verbosity(logging.WARNING)  # Orbax logs every write at INFO.
     absolute = {name: flag.value and cli.absolute(flag.value) for name, flag in (
         ("out", _OUT), ("low_level", _LOW_LEVEL), ("high_level", _HIGH_LEVEL),
         ("pristine_folder", _PRISTINE), ("pristine_patches", _PRISTINE_PATCHES))}
-    try:
+    try:  # As the user typed the paths first, for the message.
+        check_paths(_OUT.value, {"low_level": _LOW_LEVEL.value, "high_level": _HIGH_LEVEL.value,
+                                 "pristine": _PRISTINE.value,
+                                 "pristine_patches": _PRISTINE_PATCHES.value})
         description = export_model(**absolute, patch_size=_PATCH_SIZE.value,
                                    chunk=_CHUNK.value)
-    except ImportError as error:  # h5py, for --pristine_patches.
+    except (ImportError, errors.RunFailure) as error:  # h5py; a full disk.
         print(f"export failed: {error}", file=sys.stderr)
         return 1
     except (ValueError, OSError) as error:  # Bad exports, folders or pristine images.

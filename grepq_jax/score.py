@@ -21,8 +21,16 @@ on stdout). A file that cannot be read, is too small or has more than
 --max_pixels pixels gets a row with its error and the rest are scored; a
 score is never written as NaN or inf (such a row holds an error instead).
 The exit code is 0 if every file was scored, 1 if any failed (or none was
-found), 2 for bad flags or an unusable model folder. --json writes the same
-rows as a JSON array. A progress bar goes to stderr.
+found), 2 for bad flags, an unusable model folder or outputs that clash, 1
+for a full disk (in one line). --json writes the same rows as a JSON array.
+A progress bar goes to stderr.
+
+Outputs never touch inputs or each other: --output, --json and --maps are
+checked against the model folder, the inputs and one another (resolved,
+links followed) before any work, and a clash is refused (exit 2). The CSV
+and JSON files are written beside their targets under temporary names and
+renamed into place when complete, so a failure or an interrupt leaves no
+empty or partial file (on stdout, rows stream as they are done).
 
 --maps=DIR also writes, per scored image, DIR/NAME.png: the image beside a
 map of where it looks damaged (each low-level patch's distance to the
@@ -49,6 +57,7 @@ import os
 if __name__ == "__main__":  # No PyTorch needed: see grepq_jax/cli.py.
     os.environ.setdefault("USE_TORCH", "0")
 
+import contextlib
 import csv
 import dataclasses
 import io
@@ -65,7 +74,7 @@ import numpy as np
 from PIL import Image, ImageOps
 import tqdm
 
-from grepq_jax import cli
+from grepq_jax import cli, errors, output_files
 from grepq_jax.scoring import quality_map, zero_shot
 from grepq_jax.scoring import quality_model as qm
 from grepq_jax.data import images
@@ -385,8 +394,8 @@ class MapWriter:
             pixels = as_pixels(result.source, max_pixels=self.scorer.max_pixels)
             distance_map = self.scorer.model.quality_map(pixels)
             title = f"{describe(result.source)}: {result.score:.4f} ({self.scorer.mode})"
-            quality_map.write_map_png(self._free_path(result.source), pixels,
-                                      distance_map, title)
+            with output_files.replacing_path(self._free_path(result.source)) as path:
+                quality_map.write_map_png(path, pixels, distance_map, title)
         except (ValueError, OSError) as error:
             self.failed += 1
             print(f"no map for {describe(result.source)}: {printable(str(error))}",
@@ -415,38 +424,62 @@ def score_paths(scorer: Scorer, paths: list[str], csv_file, json_file=None, *,
                 failed += result.error is not None
                 bar.update()
     finally:
-        writer.close()  # Valid JSON of the rows so far, even if interrupted.
+        # The rows so far stay valid JSON for a caller's own file; the command
+        # discards its unfinished files instead (output_files.replacing).
+        writer.close()
     return scored, failed
 
 
-def _open_outputs():
-    """(csv file, JSON file or None), opened; OSError if one cannot be."""
-    out = sys.stdout if _OUTPUT.value == "-" else open(
-        cli.absolute(_OUTPUT.value), "w", newline="", encoding="utf-8")
+def _planned_places(paths: list[str]) -> tuple[list[output_files.Place], list]:
+    """(inputs, outputs) as the flags and arguments name them, for the clash check."""
+    inputs = [output_files.Place(f"--model={_MODEL.value}", _MODEL.value, folder=True)]
+    for path in paths:
+        if os.path.isdir(path):
+            inputs.append(output_files.Place(f"the input folder {path}", path, folder=True,
+                                             suffixes=images.IMAGE_SUFFIXES))
+        else:
+            inputs.append(output_files.Place(f"the input {path}", path))
+    outputs = [output_files.Place(f"--{flag.name}={flag.value}", flag.value)
+               for flag in (_OUTPUT, _JSON) if flag.value and flag.value != "-"]
+    if _MAPS.value:
+        outputs.append(output_files.Place(f"--maps={_MAPS.value}", _MAPS.value,
+                                          folder=True, suffixes=frozenset({".png"})))
+    return inputs, outputs
+
+
+def _open_outputs(stack: contextlib.ExitStack):
+    """(csv file, JSON file or None): stdout, or files that appear complete
+    when `stack` closes without error (output_files.replacing)."""
     try:
-        json_file = (open(cli.absolute(_JSON.value), "w", encoding="utf-8")
-                     if _JSON.value else None)
-    except OSError:
-        if out is not sys.stdout:
-            out.close()
-        raise
+        out = sys.stdout if _OUTPUT.value == "-" else stack.enter_context(
+            output_files.replacing(cli.absolute(_OUTPUT.value), newline="",
+                                   encoding="utf-8"))
+        json_file = (stack.enter_context(output_files.replacing(
+            cli.absolute(_JSON.value), encoding="utf-8")) if _JSON.value else None)
+    except OSError as error:  # A missing folder, no permission: the user's to fix.
+        raise errors.UsageError(f"cannot write the output: {error}") from error
     return out, json_file
 
 
-def _close(*files) -> None:
-    """Closes the output files (not stdout); a failure was reported already."""
-    for file in files:
-        if file not in (None, sys.stdout):
-            try:
-                file.close()
-            except OSError:
-                pass
+def _check_usage(paths: list[str]) -> str | None:
+    """What is wrong with the arguments before any work, or None."""
+    if not paths:
+        return "give the files and folders to score after the flags"
+    if _OUTPUT.value == "-" and sys.stdout is None:
+        return ("stdout is closed, so the CSV has nowhere to go: give --output=FILE "
+                "(or leave stdout open)")
+    try:
+        output_files.check_no_clash(*_planned_places(paths))
+    except errors.UsageError as error:
+        return printable(str(error))
+    return None
 
 
 def main(argv: list[str]) -> int:
     paths = argv[1:]
-    if not paths:
-        print("give the files and folders to score after the flags", file=sys.stderr)
+    problem = _check_usage(paths)
+    if problem:
+        print(problem, file=sys.stderr)
         return 2
     logging.set_verbosity(logging.WARNING)  # Orbax logs every read at INFO.
     try:
@@ -464,24 +497,26 @@ def main(argv: list[str]) -> int:
         print(f"cannot write maps into {_MAPS.value}: {printable(str(error))}",
               file=sys.stderr)
         return 2
-    try:
-        out, json_file = _open_outputs()
-    except OSError as error:
-        print(f"cannot write the output: {printable(str(error))}", file=sys.stderr)
-        return 2
     print(f"scoring in mode {scorer.mode} (the model holds {scorer.model.parts}); "
           f"scores in {scorer.score_range}, higher is better", file=sys.stderr)
     skips = images.WalkSkips()
     try:
-        scored, failed = score_paths(scorer, paths, out, json_file, skips=skips,
-                                     maps=maps)
+        with contextlib.ExitStack() as stack:
+            out, json_file = _open_outputs(stack)
+            scored, failed = score_paths(scorer, paths, out, json_file, skips=skips,
+                                         maps=maps)
     except BrokenPipeError:
         raise  # cli.run ends quietly: the reader (`| head`) has gone.
-    except OSError as error:  # Disk full and the like: the rows so far are kept.
-        print(f"cannot write the output: {printable(str(error))}", file=sys.stderr)
+    except errors.UsageError as error:
+        print(printable(str(error)), file=sys.stderr)
+        return 2
+    except errors.RunFailure as error:  # A full disk: no output file is left.
+        print(f"score failed: {printable(str(error))}", file=sys.stderr)
         return 1
-    finally:
-        _close(out, json_file)
+    except OSError as error:  # Writing stdout (files fail as RunFailure or UsageError).
+        failure = errors.disk_full(error, "stdout") or error
+        print(f"score failed: {printable(str(failure))}", file=sys.stderr)
+        return 1
     for line in skips.summary():
         print(f"not scored: {printable(line)}", file=sys.stderr)
     print(f"scored {scored} image(s); {failed} failed (see the error column)",

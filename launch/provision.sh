@@ -8,8 +8,11 @@
 # (launch/tpu_vm.sh runs it on every worker; for SLURM, run it once where the
 # nodes share the home folder and pass --venv to launch/slurm_gpu.sh.)
 #
-# 1. uv, pinned, from PyPI: installed with any python3 and pip into the
-#    user's ~/.local (skipped when a uv is already on PATH);
+# 1. uv, pinned, from PyPI: installed with any python3 and pip into a folder
+#    of its own, ~/.cache/grepq_jax/uv-VERSION (skipped when a uv is already
+#    on PATH or there); `pip install --target` works inside an activated
+#    virtual environment, where pip refuses --user, and outside one, on a
+#    system Python that pip may not touch (PEP 668), alike;
 # 2. `uv venv --python PYTHON`: uv uses an installed CPython of that version
 #    or downloads its standalone build (PYTHON may also be an interpreter's
 #    path), and makes a fresh virtual environment with it;
@@ -61,9 +64,14 @@ jax_version="$(sed -n 's/^jax==//p' "$repo/requirements.txt")"
 uv="$(command -v uv || true)"
 if [[ -z "$uv" ]]; then
   # Any python3 will do to fetch uv: it is a standalone program.
-  PIP_ROOT_USER_ACTION=ignore python3 -m pip install --user --quiet \
-    --disable-pip-version-check "uv==$UV_VERSION" >&2
-  uv="$(python3 -m site --user-base)/bin/uv"
+  uv_home="${XDG_CACHE_HOME:-$HOME/.cache}/grepq_jax/uv-$UV_VERSION"
+  uv="$uv_home/bin/uv"
+  if [[ ! -x "$uv" ]]; then
+    rm -rf "$uv_home"
+    PIP_ROOT_USER_ACTION=ignore python3 -m pip install --quiet --target "$uv_home" \
+      --disable-pip-version-check "uv==$UV_VERSION" >&2
+  fi
+  [[ -x "$uv" ]] || { echo "$(basename "$0"): no uv at $uv after pip install" >&2; exit 1; }
 fi
 "$uv" venv --quiet --clear --python "$python" "$venv" >&2
 # Orbax imports google-cloud-storage for every gs:// checkpoint folder (to ask

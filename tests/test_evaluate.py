@@ -410,7 +410,9 @@ def _too_many_labelled(root):
 def _no_usable_image(root):
     for path in (root / "images").iterdir():
         path.write_text("not an image")
-    return "evaluation failed: csv: only 0 of 64 images could be used"
+    return (f"evaluation failed: csv: only 0 of 64 images could be used; 64 x cannot "
+            f"decode (UnidentifiedImageError: cannot identify image file "
+            f"'{root}/images/{sorted((root / 'images').iterdir())[0].name}')")
 
 
 ERRORS = {"duplicate": (_duplicate, 2), "NUL byte": (_nul_byte, 2),

@@ -100,7 +100,9 @@ def test_score_maps_writes_a_png_per_scored_image(model_folder, half_noisy, tmp_
 def test_maps_need_a_low_level_encoder(tmp_path, high_level_export, capsys):
     folder = tmp_path / "high_only"
     export.export_model(folder, high_level=str(high_level_export))
-    argv = ["score", f"--model={folder}", f"--maps={tmp_path / 'maps'}", str(tmp_path)]
+    (tmp_path / "photos").mkdir()  # Apart from --maps: maps inside it would clash.
+    argv = ["score", f"--model={folder}", f"--maps={tmp_path / 'maps'}",
+            str(tmp_path / "photos")]
     assert score.main(cli.parse(score.FLAGS, argv)) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("cannot write maps into") and "low-level encoder" in err[-1]

@@ -19,14 +19,31 @@ MAPPINGS = ("poly3", "logistic4", "none")
 _LOGISTIC_MAX_EVALUATIONS = 10_000
 
 
+class UndefinedCorrelation(ArithmeticError):
+    """Predictions or scores that do not vary: no correlation is defined (SciPy
+    would give NaN and a warning)."""
+
+
+def _checked(pred, true) -> tuple[np.ndarray, np.ndarray]:
+    """(pred, true) as float64 (N,); UndefinedCorrelation if either is constant."""
+    pred, true = np.asarray(pred, np.float64), np.asarray(true, np.float64)
+    for name, values in (("predictions", pred), ("subjective scores", true)):
+        if values.size < 2 or np.all(values == values.flat[0]):
+            shown = f" ({values.flat[0]:.6g})" if values.size else ""
+            raise UndefinedCorrelation(
+                f"the {name} of all {values.size} images are equal{shown}, so SROCC and "
+                "PLCC are undefined")
+    return pred, true
+
+
 def srocc(pred, true) -> float:
     """Spearman rank-order correlation of (N,) and (N,) (ties get mean ranks)."""
-    return float(scipy.stats.spearmanr(pred, true)[0])
+    return float(scipy.stats.spearmanr(*_checked(pred, true))[0])
 
 
 def krcc(pred, true) -> float:
     """Kendall rank correlation (tau-b) of (N,) and (N,)."""
-    return float(scipy.stats.kendalltau(pred, true)[0])
+    return float(scipy.stats.kendalltau(*_checked(pred, true))[0])
 
 
 def _logistic4(x, b1, b2, b3, b4):
@@ -73,6 +90,8 @@ def mapped_predictions(pred, true, mapping: str) -> np.ndarray:
 
 
 def plcc(pred, true, mapping: str = "poly3") -> float:
-    """Pearson correlation of mapped predictions (N,) with MOS (N,)."""
-    mapped = mapped_predictions(pred, true, mapping)
-    return float(scipy.stats.pearsonr(mapped, np.asarray(true, np.float64))[0])
+    """Pearson correlation of mapped predictions (N,) with MOS (N,);
+    UndefinedCorrelation if either, or the mapped predictions, are constant."""
+    pred, true = _checked(pred, true)
+    mapped, _ = _checked(mapped_predictions(pred, true, mapping), true)
+    return float(scipy.stats.pearsonr(mapped, true)[0])

@@ -10,11 +10,13 @@ import dataclasses
 import hashlib
 import json
 import pathlib
+import re
 import sys
 
 import numpy as np
 import tqdm
 
+from grepq_jax import output_files
 from grepq_jax.data import images
 from grepq_jax.evaluation import iqa_datasets
 from grepq_jax.scoring import model_folder as folder_format
@@ -118,6 +120,20 @@ def cache_key(model_folder, dataset: iqa_datasets.IqaDataset) -> str:
     return digest.hexdigest()
 
 
+def skip_reasons(skipped: list[tuple[str, str]], shown: int = 3) -> str:
+    """Why images were skipped, in a line: the commonest reasons, each with its
+    count and its first image's own words. Reasons that differ only in a
+    quoted name (the file's path) count as one."""
+    by_reason: dict[str, list[str]] = {}
+    for _, reason in skipped:
+        by_reason.setdefault(re.sub(r"'[^']*'", "'...'", reason), []).append(reason)
+    common = sorted(by_reason.values(), key=len, reverse=True)
+    text = "; ".join(f"{len(reasons)} x {reasons[0]}" for reasons in common[:shown])
+    if len(common) > shown:
+        text += f"; and {len(common) - shown} other reason(s)"
+    return text or "no image was given"
+
+
 def compute_features(model: qm.QualityModel, dataset: iqa_datasets.IqaDataset, *,
                      batch_size: int = 8) -> DatasetFeatures:
     """Runs the model once over every image of `dataset`, whole, at its own size.
@@ -147,7 +163,8 @@ def compute_features(model: qm.QualityModel, dataset: iqa_datasets.IqaDataset, *
             columns.setdefault(name, []).append(value)
     if len(kept) < 2:
         raise EvaluationFailure(f"{dataset.name}: only {len(kept)} of "
-                                f"{len(dataset.items)} images could be used")
+                                f"{len(dataset.items)} images could be used; "
+                                f"{skip_reasons(skipped)}")
     quality = oriented_quality(dataset, [item.score for item in kept])
     return DatasetFeatures(dataset.name, tuple(item.name for item in kept), quality,
                            tuple(map(float, dataset.score_range)),
@@ -156,15 +173,17 @@ def compute_features(model: qm.QualityModel, dataset: iqa_datasets.IqaDataset, *
 
 
 def save_features(path: pathlib.Path, key: str, features: DatasetFeatures) -> None:
-    """np.savez of `features` and its cache key (plain arrays, no pickle)."""
-    skipped = np.array(features.skipped, dtype=str).reshape(-1, 2)
-    has_reference = np.array([r is not None for r in features.references], bool)
-    np.savez(path, key=np.array(key), dataset=np.array(features.dataset),
-             names=np.array(features.names, dtype=str), quality=features.quality,
-             score_range=np.array(features.score_range), skipped=skipped,
-             references=np.array([r or "" for r in features.references], dtype=str),
-             has_reference=has_reference,
-             **{f"array_{name}": value for name, value in features.arrays.items()})
+    """np.savez of `features` and its cache key (plain arrays, no pickle),
+    complete or not at all."""
+    arrays = {"key": np.array(key), "dataset": np.array(features.dataset),
+              "names": np.array(features.names, dtype=str), "quality": features.quality,
+              "score_range": np.array(features.score_range),
+              "skipped": np.array(features.skipped, dtype=str).reshape(-1, 2),
+              "references": np.array([r or "" for r in features.references], dtype=str),
+              "has_reference": np.array([r is not None for r in features.references], bool)}
+    arrays |= {f"array_{name}": value for name, value in features.arrays.items()}
+    with output_files.replacing(path, "wb") as file:
+        np.savez(file, **arrays)
 
 
 def load_features(path: pathlib.Path, key: str) -> DatasetFeatures | None:

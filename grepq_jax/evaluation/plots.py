@@ -2,6 +2,7 @@
 images, and one split's test predictions against the true scores."""
 import numpy as np
 
+from grepq_jax import output_files
 from grepq_jax.evaluation import correlation
 from grepq_jax.evaluation import regression
 from grepq_jax.evaluation.feature_cache import DatasetFeatures
@@ -29,7 +30,8 @@ def plot_srocc_vs_labels(results: dict[int, regression.SplitResults],
     axes.grid(alpha=0.3)
     axes.legend(fontsize="small")
     figure.tight_layout()
-    figure.savefig(path)
+    with output_files.replacing_path(path) as partial:
+        figure.savefig(partial)
 
 
 def plot_predicted_vs_true(features: DatasetFeatures, kind: str,
@@ -61,5 +63,6 @@ def plot_predicted_vs_true(features: DatasetFeatures, kind: str,
     axes.title.set_fontsize("small")
     axes.legend(fontsize="small")
     figure.tight_layout()
-    figure.savefig(path)
+    with output_files.replacing_path(path) as partial:
+        figure.savefig(partial)
     return figure

@@ -129,7 +129,11 @@ def evaluate_regressor(model: RidgeRegressor, x: np.ndarray, y: np.ndarray,
                        mapping: str) -> tuple[float, float]:
     """(SROCC, PLCC) of model.predict(x) (N, C) against y (N,)."""
     pred = model.predict(x)
-    return correlation.srocc(pred, y), correlation.plcc(pred, y, mapping)
+    try:
+        return correlation.srocc(pred, y), correlation.plcc(pred, y, mapping)
+    except correlation.UndefinedCorrelation as error:
+        raise correlation.UndefinedCorrelation(
+            f"the ridge (alpha {model.alpha}) tested on {len(y)} images: {error}") from None
 
 
 def split_indices(num_images: int, num_train: int, split: int, *,

@@ -6,6 +6,7 @@ import pathlib
 
 import numpy as np
 
+from grepq_jax import output_files
 from grepq_jax.evaluation import correlation
 from grepq_jax.evaluation import regression
 from grepq_jax.evaluation.feature_cache import DatasetFeatures
@@ -27,11 +28,23 @@ def _row(protocol, method, train, test, num_train, num_test, srocc, plcc, mappin
 
 
 def zero_shot_rows(features: DatasetFeatures, mapping: str) -> list[dict]:
-    """SROCC and PLCC of each zero-shot score over the whole dataset."""
-    return [_row("zero_shot", name, "-", features.dataset, 0, len(features.quality),
-                 [correlation.srocc(scores, features.quality)],
-                 [correlation.plcc(scores, features.quality, mapping)], mapping)
-            for name, scores in features.zero_shot_scores().items()]
+    """SROCC and PLCC of each zero-shot score over the whole dataset.
+
+    Raises correlation.UndefinedCorrelation, naming the score, when it or the
+    subjective scores do not vary.
+    """
+    rows = []
+    for name, scores in features.zero_shot_scores().items():
+        try:
+            rows.append(_row("zero_shot", name, "-", features.dataset, 0,
+                             len(features.quality),
+                             [correlation.srocc(scores, features.quality)],
+                             [correlation.plcc(scores, features.quality, mapping)],
+                             mapping))
+        except correlation.UndefinedCorrelation as error:
+            raise correlation.UndefinedCorrelation(
+                f"{features.dataset}, zero-shot {name} score: {error}") from None
+    return rows
 
 
 def regressor_name(parts, kind: str) -> str:
@@ -83,7 +96,7 @@ _COLUMNS = ("protocol", "method", "train_dataset", "test_dataset", "num_train", 
 
 
 def write_csv(rows: list[dict], path: pathlib.Path) -> None:
-    with open(path, "w", newline="") as file:
+    with output_files.replacing(path, newline="") as file:
         writer = csv.DictWriter(file, _COLUMNS)
         writer.writeheader()
         writer.writerows(rows)
@@ -145,11 +158,11 @@ def write_markdown(rows, path, *, model_folder, mapping, kind, parts, seed,
             text.append(f"- ... and {len(features.skipped) - _MAX_LISTED_SKIPS} more "
                         "(all in skipped.csv)")
         text.append("")
-    pathlib.Path(path).write_text("\n".join(text))
+    output_files.write_text(path, "\n".join(text))
 
 
 def write_skipped(datasets: list[DatasetFeatures], path: pathlib.Path) -> None:
-    with open(path, "w", newline="") as file:
+    with output_files.replacing(path, newline="") as file:
         writer = csv.writer(file)
         writer.writerow(["dataset", "image", "reason"])
         for features in datasets:

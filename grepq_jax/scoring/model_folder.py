@@ -20,6 +20,8 @@ A model folder (written by `grepq_jax.export`) holds:
     pristine_statistics.npz  PristineStatistics.to_arrays() (with low_level/)
     regressor.npz            RidgeRegressor.to_arrays() (optional)
     regressor.json           what the regressor reads and predicts (optional)
+    .grepq-export-unfinished only while grepq export fills the folder (or
+                             after it was stopped): the folder is not usable
 
 Folders packaged before the encoders' metadata was named encoder.json hold
 low_level/model.json and high_level/model.json instead; checkpoint reads
@@ -31,7 +33,7 @@ import pathlib
 
 import numpy as np
 
-from grepq_jax import checkpoint
+from grepq_jax import checkpoint, output_files
 from grepq_jax.scoring import pristine
 from grepq_jax.scoring.encoders import LowLevelEncoder, ModelFolderError, read_json, require
 from grepq_jax.scoring.ridge import RidgeRegressor
@@ -43,6 +45,9 @@ HIGH_LEVEL_DIR = "high_level"
 PRISTINE_FILE = "pristine_statistics.npz"
 REGRESSOR_FILE = "regressor.npz"
 REGRESSOR_JSON = "regressor.json"
+# Written first into a folder `grepq export` is filling and removed once
+# model.json is in place: a folder holding it is an export that stopped.
+UNFINISHED_MARKER = ".grepq-export-unfinished"
 
 # Low-level whole-image outputs: "projection" (the 128-d head output the
 # paper's code uses) or "pooled" (the 512-d pooled encoder features).
@@ -67,6 +72,10 @@ def read_description(folder) -> dict:
     """
     folder = pathlib.Path(folder)
     path = folder / MODEL_JSON
+    if (folder / UNFINISHED_MARKER).exists():
+        raise ModelFolderError(f"{folder} is an unfinished model folder (grepq export "
+                               "stopped before finishing it): run the export again with "
+                               "the same --out, which replaces it")
     if not path.is_file():
         if (folder / checkpoint.EXPORT_METADATA).is_file():
             _raise_encoder_export(folder, read_json(folder / checkpoint.EXPORT_METADATA))
@@ -178,7 +187,10 @@ def write_regressor(folder, regressor: RidgeRegressor, info: dict) -> None:
     """
     folder = pathlib.Path(folder)
     description = read_description(folder)
-    np.savez(folder / REGRESSOR_FILE, **regressor.to_arrays())
-    (folder / REGRESSOR_JSON).write_text(json.dumps(info, indent=2))
+    # Each file complete or not at all, model.json last: a failure leaves the
+    # folder as it was or with an unlisted regressor, never a listed broken one.
+    with output_files.replacing(folder / REGRESSOR_FILE, "wb") as file:
+        np.savez(file, **regressor.to_arrays())
+    output_files.write_text(folder / REGRESSOR_JSON, json.dumps(info, indent=2))
     description["regressor"] = True
-    (folder / MODEL_JSON).write_text(json.dumps(description, indent=2))
+    output_files.write_text(folder / MODEL_JSON, json.dumps(description, indent=2))
