@@ -92,8 +92,10 @@ def _megabytes(count: float) -> str:
     return f"{count / 1e6:.1f} MB"
 
 
-def _failure(what: str, directory, tree: Any, error: BaseException) -> str:
-    """One line for a failed write of `tree` into `directory`."""
+def _failure(what: str, directory, tree: Any, error: BaseException, *,
+             elsewhere: str = "use another --workdir") -> str:
+    """One line for a failed write of `tree` into `directory`; `elsewhere`
+    says how to write somewhere else."""
     written = _no_space(error)
     if written is None:
         return f"cannot {what} in {directory}: {_one_line(error)}"
@@ -107,11 +109,10 @@ def _failure(what: str, directory, tree: Any, error: BaseException) -> str:
             pass
     return (f"no space left on device to {what} in {directory}"
             + (f" (writing {written})" if written else "")
-            + f": {need}{free}; free some "
-            "space or use another --workdir")
+            + f": {need}{free}; free some space or {elsewhere}")
 
 
-def _drop_closed_loop_noise() -> None:
+def drop_closed_loop_noise() -> None:
     """Keeps out the "Event loop is closed" tracebacks that TensorStore's
     callbacks print (as unraisable exceptions) for each write still pending
     when one of Orbax's writes fails; the failure itself is raised to the
@@ -136,7 +137,7 @@ class TrainCheckpoints:
     """Periodic, rotating checkpoints of a train state, resumable by step."""
 
     def __init__(self, directory: str, *, save_every_steps: int, keep: int):
-        _drop_closed_loop_noise()
+        drop_closed_loop_noise()
         # Steps whose save is under way, oldest first: Orbax finishes one
         # save before it starts the next.
         self._saving: collections.deque[int] = collections.deque()
@@ -317,7 +318,7 @@ def write_export(directory: str, tree: Any, metadata: dict[str, Any]) -> None:
             ),
             tree,
         )
-    _drop_closed_loop_noise()
+    drop_closed_loop_noise()
     # The metadata marks the export complete: gone while the tree is written.
     if jax.process_index() == 0:
         (directory / EXPORT_METADATA).unlink(missing_ok=True)
@@ -331,7 +332,8 @@ def write_export(directory: str, tree: Any, metadata: dict[str, Any]) -> None:
             temporary.rename(directory / EXPORT_METADATA)
     except Exception as error:  # Orbax and tensorstore raise many kinds.
         raise CheckpointError(
-            _failure("write the export", directory, tree, error)) from error
+            _failure("write the export", directory, tree, error,
+                     elsewhere="write it to another folder")) from error
 
 
 def export_metadata(directory) -> epath.Path:

@@ -230,18 +230,11 @@ def _pristine_statistics(encoder: encoders.LowLevelEncoder, folder: str | None,
 
 
 def _quiet_failed_save_reports() -> None:
-    """When an Orbax save fails, its threads log the error with a traceback,
-    and TensorStore's writes still in flight, finishing after Orbax closed its
-    event loop, each report the closed loop as an unraisable exception (90
-    tracebacks on a full disk, some after the save has raised). The save's own
-    error is what the command reports, in one line."""
-    previous = sys.unraisablehook
-
-    def unraisablehook(report):
-        if not (report.exc_type is RuntimeError
-                and str(report.exc_value) == "Event loop is closed"):
-            previous(report)
-    sys.unraisablehook = unraisablehook
+    """When an Orbax save fails, its threads log the error with a traceback
+    (and TensorStore's writes still in flight report Orbax's closed event
+    loop: checkpoint.drop_closed_loop_noise). The save's own error is what the
+    command reports, in one line."""
+    checkpoint.drop_closed_loop_noise()
     std_logging.getLogger("absl").addFilter(
         lambda record: not (record.levelno >= std_logging.ERROR
                             and f"{os.sep}orbax{os.sep}" in record.pathname))

@@ -84,7 +84,7 @@ def test_a_simulated_enospc_at_the_write_call_is_one_line(tmp_path, monkeypatch)
     assert str(raised.value) == (
         f"no space left on device to write the export in {tmp_path / 'export'} "
         f"(writing {target}): its arrays need about 1.0 MB, {free} free there; "
-        "free some space or use another --workdir")
+        "free some space or write it to another folder")
     assert not (tmp_path / "export" / checkpoint.EXPORT_METADATA).exists()
 
 
