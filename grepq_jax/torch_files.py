@@ -54,7 +54,7 @@ def load(path) -> object:
                 return _load_zip(archive)
         return _load_legacy(path.read_bytes())
     except TorchFileError as error:
-        raise TorchFileError(f"{path}: {error}") from None
+        raise type(error)(f"{path}: {error}") from None
     except (zipfile.BadZipFile, OSError, EOFError) as error:
         raise TorchFileError(f"{path}: not a readable PyTorch file ({error})") from None
 

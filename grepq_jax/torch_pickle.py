@@ -70,28 +70,39 @@ _STORAGES = {"DoubleStorage": "<f8", "FloatStorage": "<f4", "HalfStorage": "<f2"
              "CharStorage": "i1", "ByteStorage": "u1", "BoolStorage": "?"}
 
 
-# The allow-list's answers are frozen and slotted, so that a pickle's BUILD
-# opcode cannot change them for the next file read in the process.
-@dataclasses.dataclass(frozen=True, slots=True)
-class _StorageType:
-    """What `torch.FloatStorage` and its kind stand for in a persistent id."""
+class _Answer:
+    """An allow-list answer. Immutable, with no __dict__ and a refusing __setstate__,
+    so that a pickle's BUILD opcode cannot change it for the next file read."""
 
-    dtype: np.dtype | None
+    __slots__ = ("value",)
+
+    def __init__(self, value):
+        object.__setattr__(self, "value", value)
+
+    def __setattr__(self, name, value):
+        raise TorchFileError(f"a pickle that sets {name} of {type(self).__name__}")
+
+    def __setstate__(self, state):
+        raise TorchFileError(f"a pickle that sets the state of {type(self).__name__}")
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class _Dtype:
+class _StorageType(_Answer):
+    """What `torch.FloatStorage` and its kind stand for: the storage's dtype (None: bytes)."""
+
+    __slots__ = ()
+
+
+class _Dtype(_Answer):
     """What `torch.float16` and its kind stand for (_rebuild_tensor_v3's argument)."""
 
-    dtype: np.dtype
+    __slots__ = ()
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class _Call:
-    function: Callable
+class _Call(_Answer):
+    __slots__ = ()
 
     def __call__(self, *args):
-        return self.function(*args)
+        return self.value(*args)
 
 
 def _rebuild_tensor(storage, offset, size, stride, requires_grad=False, hooks=None,
@@ -110,7 +121,7 @@ def _tensor(storage, offset, size, stride, dtype) -> TensorRecord:
     if dtype is not None and not isinstance(dtype, _Dtype):
         raise TorchFileError(f"a tensor of an unsupported dtype {dtype!r}")
     return TensorRecord(storage, int(offset), tuple(int(n) for n in size),
-                        tuple(int(s) for s in stride), dtype and dtype.dtype)
+                        tuple(int(s) for s in stride), dtype and dtype.value)
 
 
 def _rebuild_parameter(data, requires_grad=False, hooks=None, state=None):
@@ -201,7 +212,7 @@ class RestrictedUnpickler(pickle.Unpickler):
             raise TorchFileError(f"an unknown persistent id {str(pid)[:80]}")
         if len(pid) == 6 and pid[5] is not None:
             raise TorchFileError("a legacy storage view, which torch has not written since 0.4")
-        ref = StorageRef(str(pid[2]), pid[1].dtype, int(pid[4]))
+        ref = StorageRef(str(pid[2]), pid[1].value, int(pid[4]))
         self._storages[ref.key] = ref
         return ref
 
