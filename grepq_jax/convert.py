@@ -78,7 +78,7 @@ def prompt_pairs(value: str) -> tuple[tuple[str, str], ...]:
     elif PROMPT_SEPARATOR in value:
         lines = [(f"--prompts={value}", value)]
     else:
-        raise ValueError(f"--prompts={value}: neither 'GOOD|BAD' nor a file")
+        raise ValueError(f"--prompts={value}: no such file, and not 'GOOD|BAD'")
     pairs = []
     for where, line in lines:
         parts = [part.strip() for part in line.split(PROMPT_SEPARATOR)]
@@ -132,8 +132,7 @@ def _check_inputs_exist(named_paths) -> None:
 
 def _input_flags() -> list[tuple[str, str | None, bool]]:
     """The input flags in the order of the usage line's form the flags choose."""
-    prompts_file = _PROMPTS.value and PROMPT_SEPARATOR not in _PROMPTS.value
-    tail = [("bpe", _BPE.value, False), ("prompts", prompts_file and _PROMPTS.value, False)]
+    tail = [("bpe", _BPE.value, False)]  # --prompts, last, is checked as it is read.
     high_level_is_folder = bool(_GREPQ.value) and pathlib.Path(_GREPQ.value).is_dir()
     if _GREPQ_LOW.value:
         return [("grepq_low_level", _GREPQ_LOW.value, False),
