@@ -57,17 +57,12 @@ def load(path) -> object:
         raise type(error)(f"{path}: {error}") from None
     except (zipfile.BadZipFile, OSError, EOFError) as error:
         raise TorchFileError(f"{path}: not a readable PyTorch file ({error})") from None
-
-
-def is_torchscript(path) -> bool:
-    """TorchScript archives hold code/ and constants.pkl; torch.save's zips neither."""
-    if not zipfile.is_zipfile(path):
-        return False
-    with zipfile.ZipFile(path) as archive:
-        return _is_torchscript(archive.namelist())
+    except MemoryError:  # e.g. a tensor of stride 0 claiming billions of elements
+        raise TorchFileError(f"{path}: a tensor too large for memory") from None
 
 
 def _is_torchscript(names: list[str]) -> bool:
+    """TorchScript archives hold code/ and constants.pkl; torch.save's zips neither."""
     return any(name.endswith("/constants.pkl") or "/code/" in name for name in names)
 
 
