@@ -53,16 +53,24 @@ def by_hand(cache=None) -> str:
 
 
 def _fetch_from_drive(folder: pathlib.Path, names: tuple[str, ...]) -> None:
+    """The authors' Drive folder into folder/drive/ (gdown resumes its own
+    transfers there); `names`, wherever the folder keeps them, moved up into `folder`."""
     try:
         import gdown
     except ImportError:
         raise fetch.Unreachable("fetching from Google Drive needs gdown "
-                                "(pip install gdown)") from None
+                                "(pip install -e '.[convert]')") from None
+    drive = folder / "drive"
     try:
-        gdown.download_folder(id=DRIVE_FOLDER_ID, output=str(folder), quiet=False, resume=True)
+        gdown.download_folder(id=DRIVE_FOLDER_ID, output=str(drive), quiet=False, resume=True,
+                              timeout=fetch.TIMEOUT_S, retries=2)
     except Exception as error:  # gdown raises requests' errors and its own
         raise fetch.Unreachable(f"Google Drive: {type(error).__name__}: "
                                 f"{(str(error).splitlines() or [''])[0][:160]}") from None
+    for name in names:
+        found = sorted(drive.rglob(name))
+        if found and not (folder / name).is_file():
+            os.replace(found[0], folder / name)
     missing = [name for name in names if not (folder / name).is_file()]
     if missing:
         raise fetch.FetchError(f"{DRIVE_FOLDER_URL} did not hold {', '.join(missing)}")

@@ -9,6 +9,7 @@ import hashlib
 import http.server
 import importlib.util
 import socket
+import sys
 import threading
 from pathlib import Path
 
@@ -187,3 +188,47 @@ def test_download_fetches_converts_and_scores_as_the_original(server, tmp_path, 
     assert released_download.download_released("cache", **arguments) == model
     assert len(server.requests) == requests  # there already: nothing fetched
 
+
+
+class _FakeGdown:
+    """Stands in for gdown (tested upstream, and Drive is out of reach): writes what
+    the authors' folder holds, in a subfolder, and records how it was called."""
+
+    def __init__(self, names):
+        self.names, self.calls = names, []
+
+    def download_folder(self, *, id, output, **options):
+        self.calls.append((id, options))
+        for name in self.names:
+            path = Path(output, "GRepQ", name)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(name.encode())
+
+
+def test_the_drive_files_are_taken_from_wherever_the_folder_keeps_them(
+        server, tmp_path, monkeypatch):
+    body = b"RN50"
+    server.files["/RN50.pt"] = body
+    names = (released_download.LOW_LEVEL, released_download.HIGH_LEVEL,
+             released_download.PATCHES)
+    fake = _FakeGdown(names)
+    monkeypatch.setitem(sys.modules, "gdown", fake)
+    folder = released_download.fetch_released_files(
+        tmp_path, rn50_url=f"{server.url}/RN50.pt", rn50_sha256=_sha(body))
+    assert fake.calls == [(released_download.DRIVE_FOLDER_ID,
+                           {"quiet": False, "resume": True, "timeout": fetch.TIMEOUT_S,
+                            "retries": 2})]
+    assert all((folder / name).read_bytes() == name.encode() for name in names)
+    # There already: Drive is not asked again.
+    released_download.fetch_released_files(
+        tmp_path, rn50_url=f"{server.url}/RN50.pt", rn50_sha256=_sha(body))
+    assert len(fake.calls) == 1
+
+
+def test_a_drive_folder_without_a_file_names_it(server, tmp_path, monkeypatch):
+    server.files["/RN50.pt"] = b"RN50"
+    monkeypatch.setitem(sys.modules, "gdown", _FakeGdown((released_download.LOW_LEVEL,)))
+    with pytest.raises(fetch.FetchError, match=f"did not hold {released_download.HIGH_LEVEL}, "
+                       f"{released_download.PATCHES}"):
+        released_download.fetch_released_files(
+            tmp_path, rn50_url=f"{server.url}/RN50.pt", rn50_sha256=_sha(b"RN50"))
