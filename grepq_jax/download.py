@@ -1,7 +1,7 @@
-"""grepq download: the released GRepQ model, fetched, checked and converted, in one command.
+"""The released GRepQ model, fetched, checked and converted, in one command.
 
-    grepq download                       # prints the model folder's path
-    grepq score --model="$(grepq download)" photos/
+    python -m grepq_jax.download         # prints the model folder's path
+    grepq score --model="$(python -m grepq_jax.download)" photos/
 
 Fetches OpenAI's RN50.pt (SHA-256 checked) and GRepQ's three released files
 into the cache ($GREPQ_HOME, else $XDG_CACHE_HOME/grepq_jax, else
@@ -46,12 +46,11 @@ def main(argv: list[str]) -> int:
 
 
 USAGE = """\
-usage: grepq download [--cache=DIR]
-       (or python -m grepq_jax.download ...)
+usage: python -m grepq_jax.download [--cache=DIR]
 
 Fetches the released GRepQ model (the authors' three files and OpenAI's
 RN50.pt) into the cache and converts it into a model folder, whose path it
-prints: grepq score --model="$(grepq download)" photos/"""
+prints: grepq score --model="$(python -m grepq_jax.download)" photos/"""
 
 
 def run_command() -> None:

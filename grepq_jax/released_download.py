@@ -47,7 +47,7 @@ def by_hand(cache=None) -> str:
     """What to do without a network, in one line."""
     files, model = files_folder(cache), model_folder(cache)
     return (f"fetch {RN50_URL} and, from {DRIVE_FOLDER_URL}, {LOW_LEVEL}, {HIGH_LEVEL} and "
-            f"{PATCHES}, into {files}/; then run grepq download again, or: grepq convert "
+            f"{PATCHES}, into {files}/; then run python -m grepq_jax.download again, or: grepq convert "
             f"--grepq_low_level={files / LOW_LEVEL} --grepq_high_level={files / HIGH_LEVEL} "
             f"--clip={files / 'RN50.pt'} --pristine_patches={files / PATCHES} --out={model}")
 

@@ -137,13 +137,13 @@ def test_without_a_network_the_command_says_what_to_do_by_hand(tmp_path, monkeyp
                                                                capsys):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(released_download, "RN50_URL", _dead_url())
-    assert download.main(cli.parse(download.FLAGS, ["grepq download", "--cache=cache"])) == 1
+    assert download.main(cli.parse(download.FLAGS, ["download", "--cache=cache"])) == 1
     lines = capsys.readouterr().err.splitlines()
     files, model = tmp_path / "cache" / "files", tmp_path / "cache" / "models" / "grepq"
     assert len(lines) == 1, lines
     assert lines[0].startswith("download failed: 127.0.0.1:")
     assert f"{released_download.LOW_LEVEL}, {released_download.HIGH_LEVEL} and " in lines[0]
-    assert f"into {files}/; then run grepq download again, or: grepq convert " in lines[0]
+    assert f"into {files}/; then run python -m grepq_jax.download again, or: grepq convert " in lines[0]
     assert (f"--grepq_low_level={files / released_download.LOW_LEVEL} " in lines[0]
             and f"--clip={files / 'RN50.pt'} " in lines[0] and lines[0].endswith(f"--out={model}"))
     assert not model.exists()
@@ -163,6 +163,7 @@ def test_download_fetches_converts_and_scores_as_the_original(server, tmp_path, 
     pytest.importorskip("torch")
     reference = _released_reference()
     monkeypatch.chdir(tmp_path)
+    (tmp_path / "served").mkdir()
     reference.write_released_files(tmp_path / "served")
     names = {"RN50.pt": "RN50_state_dict.pt",
              **{name: name for name in (released_download.LOW_LEVEL,
