@@ -59,6 +59,8 @@ def load(path) -> object:
         raise TorchFileError(f"{path}: not a readable PyTorch file ({error})") from None
     except MemoryError:  # e.g. a tensor of stride 0 claiming billions of elements
         raise TorchFileError(f"{path}: a tensor too large for memory") from None
+    except RecursionError:
+        raise TorchFileError(f"{path}: containers nested too deeply") from None
 
 
 def _is_torchscript(names: list[str]) -> bool:

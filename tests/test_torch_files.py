@@ -261,3 +261,11 @@ def test_reading_imports_no_torch():
             "sys.exit('torch' in sys.modules)")
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])}
     assert subprocess.run([sys.executable, "-c", code], env=env).returncode == 0
+
+
+def test_containers_nested_too_deeply_are_one_error(tmp_path):
+    # 100,000 lists, each appended to the one before: nested 100,000 deep.
+    data = b"\x80\x02" + b"]" * 100_000 + b"a" * 99_999 + b"."
+    path = _write_zip(tmp_path / "deep.pth", data)
+    with pytest.raises(TorchFileError, match="deep.pth: containers nested too deeply"):
+        torch_files.load(path)
