@@ -39,6 +39,12 @@ def model_folder(cache=None, name: str = MODEL_NAME) -> pathlib.Path:
     return pathlib.Path(cache or cache_home()) / "models" / name
 
 
+def named_model(name: str, cache=None) -> pathlib.Path | None:
+    """The cached model folder a bare name (`--model=grepq`) stands for, when it is there."""
+    folder = model_folder(cache, name)
+    return folder if name == MODEL_NAME and (folder / "model.json").is_file() else None
+
+
 def files_folder(cache=None) -> pathlib.Path:
     return pathlib.Path(cache or cache_home()) / "files"
 

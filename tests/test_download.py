@@ -233,3 +233,13 @@ def test_a_drive_folder_without_a_file_names_it(server, tmp_path, monkeypatch):
                        f"{released_download.PATCHES}"):
         released_download.fetch_released_files(
             tmp_path, rn50_url=f"{server.url}/RN50.pt", rn50_sha256=_sha(b"RN50"))
+
+
+def test_the_name_grepq_stands_for_the_cached_model_once_it_is_there(tmp_path, monkeypatch):
+    monkeypatch.setenv("GREPQ_HOME", "cache")  # relative, as users may set it
+    monkeypatch.chdir(tmp_path)
+    assert released_download.named_model("grepq") is None
+    Path("cache/models/grepq").mkdir(parents=True)
+    Path("cache/models/grepq/model.json").write_text("{}")
+    assert released_download.named_model("grepq") == Path("cache/models/grepq")
+    assert released_download.named_model("other") is None
