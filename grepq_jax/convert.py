@@ -9,15 +9,12 @@ training run writes it) with encoder "clip_rn50", step 0 and
 one with --grepq_high_level, else OpenAI's own) with its BatchNorm
 statistics, and the prompt embeddings of OpenAI's frozen text tower, as GRepQ
 scores with them. `configs/high_level.py:paper` trains from OpenAI's, as the
-paper does. Needs torch (`pip install 'grepq_jax[convert]'`); training from the
-export does not.
+paper does.
 
-The tokenizer is built from OpenAI's BPE file (--bpe; by default the one the
-installed `clip` or `open_clip` package ships). OpenAI's RN50.pt is a
-TorchScript archive, read only when its SHA-256 is OpenAI's published one or
-with --trust_torchscript (TorchScript runs code from the file).
+The weight files are read without torch and without running anything they
+hold (torch_files); the tokenizer is built from OpenAI's BPE vocabulary,
+which ships in the package (--bpe to use another).
 """
-import importlib.util
 import json
 import pathlib
 import sys
@@ -30,7 +27,7 @@ from grepq_jax.models import clip, clip_rn50_text, torch_weights
 from grepq_jax.models.clip_rn50 import POSITION_EMBEDDINGS
 
 GREPQ_PROMPTS = (("a good photo.", "a bad photo."),)  # GRepQ's, lower-cased as the tokenizer does
-BPE_FILE = "bpe_simple_vocab_16e6.txt.gz"
+PROMPT_SEPARATOR = "|"
 
 FLAGS = flags.FlagValues()
 _CLIP = flags.DEFINE_string(
@@ -52,8 +49,12 @@ _GREPQ = flags.DEFINE_string(
 _OUT = flags.DEFINE_string("out", None, "The folder to write (new or empty): a high-level "
                            "export, or with --grepq_low_level a model folder.",
                            required=True, flag_values=FLAGS)
-_BPE = flags.DEFINE_string("bpe", None, f"OpenAI's {BPE_FILE}; default: the installed clip or "
-                           "open_clip package's.", flag_values=FLAGS)
+_BPE = flags.DEFINE_string("bpe", None, "OpenAI's bpe_simple_vocab_16e6.txt.gz; default: the "
+                           "copy shipped in the package.", flag_values=FLAGS)
+_PROMPTS = flags.DEFINE_string(
+    "prompts", None, "The antonym prompts to embed: 'GOOD|BAD' (e.g. \"A good photo.|A bad "
+    "photo.\"), or a text file of such lines, one pair each; default: GRepQ's pair.",
+    flag_values=FLAGS)
 _POSITIONS = flags.DEFINE_enum(
     "position_embedding", None, POSITION_EMBEDDINGS, "The attention pool's positional "
     "embedding; default: none with --grepq_high_level (as GRepQ scores), else resize.",
@@ -61,37 +62,47 @@ _POSITIONS = flags.DEFINE_enum(
 _HIDDEN_ACT = flags.DEFINE_enum(
     "text_activation", "quick_gelu", ["quick_gelu", "gelu"], "The text MLP's activation: "
     "quick_gelu for OpenAI's and open_clip's -quickgelu weights.", flag_values=FLAGS)
-_TRUST = flags.DEFINE_bool("trust_torchscript", False, "Read a TorchScript --clip file that is "
-                           "not OpenAI's published RN50.pt.", flag_values=FLAGS)
 
 
-def default_bpe() -> pathlib.Path:
-    """OpenAI's BPE file as the `clip` or `open_clip` package installs it (not imported)."""
-    for package in ("clip", "open_clip"):
-        spec = importlib.util.find_spec(package)
-        path = spec and spec.origin and pathlib.Path(spec.origin).with_name(BPE_FILE)
-        if path and path.is_file():
-            return path
-    raise FileNotFoundError(f"no {BPE_FILE} found: pass --bpe=PATH (it ships with OpenAI's "
-                            "clip package and with open_clip)")
+def prompt_pairs(value: str) -> tuple[tuple[str, str], ...]:
+    """--prompts' value -> ((good, bad), ...): one 'GOOD|BAD' pair, or a file of such lines.
+
+    Raises ValueError naming the file and line, or the value, when a pair is malformed.
+    """
+    path = pathlib.Path(value)
+    if path.is_file():
+        lines = [(f"{path}:{number}", line) for number, line in
+                 enumerate(path.read_text(encoding="utf-8").splitlines(), 1) if line.strip()]
+        if not lines:
+            raise ValueError(f"{path}: no prompt pairs in it (--prompts)")
+    elif PROMPT_SEPARATOR in value:
+        lines = [(f"--prompts={value}", value)]
+    else:
+        raise ValueError(f"--prompts={value}: no such file, and not 'GOOD|BAD'")
+    pairs = []
+    for where, line in lines:
+        parts = [part.strip() for part in line.split(PROMPT_SEPARATOR)]
+        if len(parts) != 2 or not all(parts):
+            raise ValueError(f"{where}: expected 'GOOD|BAD', two prompts and one "
+                             f"{PROMPT_SEPARATOR!r}, got {line!r}")
+        pairs.append(tuple(parts))
+    return tuple(pairs)
 
 
 def convert_high_level(out, *, clip_file, grepq_high_level=None, bpe=None,
                        position_embedding=None, hidden_act="quick_gelu",
-                       trust_torchscript=False, prompts=GREPQ_PROMPTS) -> dict:
+                       prompts=GREPQ_PROMPTS) -> dict:
     """Writes the export (see the module docstring) into `out`; returns its metadata.
 
     Raises WeightsError / ValueError / OSError naming the bad file, before
-    anything is written; ImportError without torch.
+    anything is written.
     """
     out = pathlib.Path(cli.absolute(str(out)))
     if out.exists() and any(out.iterdir()):
         raise ValueError(f"{out} is not empty: choose a new folder")
     if position_embedding is None:
         position_embedding = "none" if grepq_high_level else "resize"
-    tokenizer = clip_rn50_text.tokenizer_from_openai_bpe(bpe or default_bpe())
-    weights = torch_weights.load_clip_rn50(clip_file, trust_torchscript=trust_torchscript,
-                                           position_embedding=position_embedding,
+    weights = torch_weights.load_clip_rn50(clip_file, position_embedding=position_embedding,
                                            hidden_act=hidden_act)
     arch, variables = weights.image_arch, weights.image_variables
     if grepq_high_level:
@@ -100,6 +111,7 @@ def convert_high_level(out, *, clip_file, grepq_high_level=None, bpe=None,
     if arch.embed_dim != weights.text_arch.embed_dim:
         raise ValueError(f"{grepq_high_level}: embeds in {arch.embed_dim} dimensions, the text "
                          f"tower of {clip_file} in {weights.text_arch.embed_dim}")
+    tokenizer = clip_rn50_text.tokenizer_from_openai_bpe(bpe or clip_rn50_text.OPENAI_BPE)
     tower = clip_rn50_text.text_tower(weights.text_arch, weights.text_params, tokenizer)
     return high_level_export.write(
         str(out), encoder="clip_rn50", arch=arch, variables=variables,
@@ -110,14 +122,36 @@ def convert_high_level(out, *, clip_file, grepq_high_level=None, bpe=None,
             "grepq_high_level": grepq_high_level and cli.absolute(str(grepq_high_level))})
 
 
+def _check_inputs_exist(named_paths) -> None:
+    """The first of (flag, path, is_folder) whose path is missing, named: before any work."""
+    for flag, path, is_folder in named_paths:
+        if path and not (pathlib.Path(path).is_dir() if is_folder else
+                         pathlib.Path(path).is_file()):
+            raise ValueError(f"{path}: no such {'folder' if is_folder else 'file'} (--{flag})")
+
+
+def _input_flags() -> list[tuple[str, str | None, bool]]:
+    """The input flags in the order of the usage line's form the flags choose."""
+    tail = [("bpe", _BPE.value, False)]  # --prompts, last, is checked as it is read.
+    high_level_is_folder = bool(_GREPQ.value) and pathlib.Path(_GREPQ.value).is_dir()
+    if _GREPQ_LOW.value:
+        return [("grepq_low_level", _GREPQ_LOW.value, False),
+                ("grepq_high_level", _GREPQ.value, high_level_is_folder),
+                ("clip", _CLIP.value, False),
+                ("pristine_patches", _PRISTINE_PATCHES.value, False),
+                ("pristine", _PRISTINE.value, True), *tail]
+    return [("clip", _CLIP.value, False), ("grepq_high_level", _GREPQ.value, False), *tail]
+
+
 def _convert_from_flags() -> str:
     """Runs the conversion the flags ask for; returns what it wrote, in words."""
+    _check_inputs_exist(_input_flags())
+    prompts = prompt_pairs(_PROMPTS.value) if _PROMPTS.value else GREPQ_PROMPTS
     if _GREPQ_LOW.value:
         description = released.package_released_grepq(
             _OUT.value, low_level=_GREPQ_LOW.value, high_level=_GREPQ.value,
             clip_file=_CLIP.value, pristine_patches=_PRISTINE_PATCHES.value,
-            pristine_folder=_PRISTINE.value, bpe=_BPE.value,
-            trust_torchscript=_TRUST.value)
+            pristine_folder=_PRISTINE.value, bpe=_BPE.value, prompts=prompts)
         return f"the model folder {_OUT.value}: {json.dumps(description)}"
     if _PRISTINE_PATCHES.value or _PRISTINE.value:
         raise ValueError("--pristine_patches and --pristine need --grepq_low_level")
@@ -126,8 +160,7 @@ def _convert_from_flags() -> str:
                          "--grepq_low_level for a whole model folder")
     metadata = convert_high_level(
         _OUT.value, clip_file=_CLIP.value, grepq_high_level=_GREPQ.value, bpe=_BPE.value,
-        position_embedding=_POSITIONS.value, hidden_act=_HIDDEN_ACT.value,
-        trust_torchscript=_TRUST.value)
+        position_embedding=_POSITIONS.value, hidden_act=_HIDDEN_ACT.value, prompts=prompts)
     return f"the high-level export {_OUT.value}: {json.dumps(metadata['arch'])}"
 
 
@@ -156,8 +189,8 @@ usage: grepq convert --clip=RN50.pt [--grepq_high_level=FILE] --out=DIR [flags]
 
 Converts OpenAI's / open_clip's CLIP RN50 and GRepQ's released weights: into a
 high-level export (for training or grepq export), or with --grepq_low_level
-into a whole scoring model folder. Needs torch (and h5py for the patch file):
-pip install -e '.[convert]'.
+into a whole scoring model folder. Needs no torch: the files are read without
+running anything they hold; h5py reads the patch file (pip install -e '.[convert]').
 
 examples:
   grepq convert --clip=RN50.pt --out=exports/openai_rn50      # configs/high_level.py:paper

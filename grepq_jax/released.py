@@ -19,8 +19,8 @@ OpenAI's RN50.pt for the text tower, and packages both with
 `export.export_model`, the pristine statistics taken from the patch file (or
 from a folder of pristine images). Everything is written into a staging
 folder beside `out` and renamed into place at the end, so an error leaves
-nothing half-written. Needs torch (`pip install 'grepq_jax[convert]'`) and
-h5py for the patch file; nothing else in grepq_jax imports them.
+nothing half-written. The PyTorch files are read without torch
+(torch_files); the patch file needs h5py.
 """
 import os
 import pathlib
@@ -29,53 +29,31 @@ import tempfile
 
 import numpy as np
 
-from grepq_jax import checkpoint, cli, export
-from grepq_jax.models import torch_convert
+from grepq_jax import checkpoint, cli, export, torch_files
+from grepq_jax.models import torch_convert, torch_weights
 
 # LLModel's state_dict holds the same tensors twice, under encoder.base_model.*
 # and encoder.resnet18.*; the converter reads the second (torch_convert.py).
 _LOW_LEVEL_CHECKPOINT_KEYS = ("model", "state_dict")
 
 
-def _import_torch():
-    try:
-        import torch
-    except ImportError:
-        raise ImportError("reading the released GRepQ weights needs torch: "
-                          "pip install 'grepq_jax[convert]'") from None
-    return torch
-
-
 def read_low_level_checkpoint(path) -> tuple[dict[str, np.ndarray], int]:
     """train_llm.py's checkpoint -> ({key: float32 array} of the model, iteration).
 
-    Read with torch.load(weights_only=True), which unpickles tensors and
-    containers only. Raises ValueError naming the file and the key when it
-    is not such a checkpoint.
+    Read by torch_files (no torch; tensors and containers only). Raises
+    ValueError naming the file and the key when it is not such a checkpoint.
     """
-    path = pathlib.Path(path)
-    if not path.is_file():
-        raise ValueError(f"{path}: no such file")
-    torch = _import_torch()
-    try:
-        loaded = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # torch raises many kinds for a file that is not its own
-        first = (str(error).splitlines() or [""])[0][:200]
-        raise ValueError(f"{path}: not a PyTorch checkpoint ({type(error).__name__}: "
-                         f"{first})") from None
+    loaded = torch_files.load(path)
     state, where = loaded, []
     for key in _LOW_LEVEL_CHECKPOINT_KEYS:
         if not isinstance(state, dict) or key not in state:
             raise ValueError(f"{path}: no key {'/'.join(where + [key])!r}; expected "
                              "train_llm.py's {'model': {'state_dict': ...}}")
         state, where = state[key], where + [key]
-    arrays = {}
-    for key, value in state.items():
-        if not isinstance(value, torch.Tensor):
-            raise ValueError(f"{path}: model/state_dict/{key} holds a "
-                             f"{type(value).__name__}, not a tensor")
-        value = value.detach().cpu()
-        arrays[key] = (value.float() if value.is_floating_point() else value).numpy()
+    if not isinstance(state, dict):
+        raise ValueError(f"{path}: model/state_dict holds a {type(state).__name__}, "
+                         "not a state dict")
+    arrays = torch_weights.as_float32_arrays(state, f"{path}: model/state_dict")
     iteration = loaded.get("current_iteration", 0)
     return arrays, iteration if isinstance(iteration, int) else 0
 
@@ -110,7 +88,7 @@ def convert_low_level(path, out) -> dict:
 
 
 def _high_level_export(high_level: str, staging: pathlib.Path, *, clip_file, bpe,
-                       trust_torchscript: bool) -> str:
+                       prompts) -> str:
     """An export folder as it is, or the .pth file converted into `staging`."""
     if pathlib.Path(high_level).is_dir():
         return high_level
@@ -120,7 +98,7 @@ def _high_level_export(high_level: str, staging: pathlib.Path, *, clip_file, bpe
     from grepq_jax import convert  # Imports the text tower's transformers code.
     directory = staging / "high_level_export"
     convert.convert_high_level(directory, clip_file=clip_file, grepq_high_level=high_level,
-                               bpe=bpe, trust_torchscript=trust_torchscript)
+                               bpe=bpe, prompts=prompts or convert.GREPQ_PROMPTS)
     return str(directory)
 
 
@@ -128,18 +106,20 @@ def package_released_grepq(out, *, low_level: str | None = None,
                            high_level: str | None = None, clip_file: str | None = None,
                            pristine_patches: str | None = None,
                            pristine_folder: str | None = None, bpe: str | None = None,
-                           trust_torchscript: bool = False, chunk: int = 64) -> dict:
+                           prompts: tuple[tuple[str, str], ...] | None = None,
+                           chunk: int = 64) -> dict:
     """Writes the model folder `out` from the released GRepQ files; returns model.json.
 
     low_level: low_level_model_weights.tar; high_level: a high-level export
     folder (`grepq convert`) or high_level_model_weights.pth, which then needs
     clip_file (OpenAI's RN50.pt: the text tower, for the prompts) and
     converts as `grepq convert` does (no positional embedding, as GRepQ
-    evaluates); pristine_patches: pristine_patches_096_0.75_0.80.hdf5, or
+    evaluates), embedding `prompts` ((good, bad) pairs; default GRepQ's);
+    pristine_patches: pristine_patches_096_0.75_0.80.hdf5, or
     pristine_folder: images (default with neither: the embedded photographs).
     Either encoder may be left out. Raises ValueError / OSError naming the
     bad file and key, FileExistsError when `out` is not new or empty,
-    ImportError without torch or h5py; `out` is then left as it was.
+    ImportError without h5py for the patch file; `out` is then left as it was.
     """
     out = pathlib.Path(cli.absolute(str(out)))
     # Made absolute once, so model.json names the files wherever it is read.
@@ -156,8 +136,7 @@ def package_released_grepq(out, *, low_level: str | None = None,
             low_export = str(staging / "low_level_export")
             convert_low_level(low_level, low_export)
         high_export = high_level and _high_level_export(
-            high_level, staging, clip_file=clip_file, bpe=bpe,
-            trust_torchscript=trust_torchscript)
+            high_level, staging, clip_file=clip_file, bpe=bpe, prompts=prompts)
         description = export.export_model(
             staging / "model", low_level=low_export, high_level=high_export,
             pristine_folder=pristine_folder, pristine_patches=pristine_patches, chunk=chunk)

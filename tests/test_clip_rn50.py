@@ -331,21 +331,34 @@ def test_a_whole_clip_and_a_bare_tower_are_told_apart():
         convert_openai_clip(_bare_state(), source="high_level_model_weights.pth")
 
 
-def test_missing_file_is_named_before_torch_is_needed(tmp_path, monkeypatch):
+def test_missing_file_is_named(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setitem(sys.modules, "torch", None)  # as if torch were not installed
     with pytest.raises(WeightsError, match="^no_such.pth: no such file"):
         torch_weights.read_state_dict("no_such.pth")
     Path("weights.pth").write_bytes(b"x")
-    with pytest.raises(ImportError, match=r"pip install 'grepq_jax\[convert\]'"):
+    with pytest.raises(WeightsError, match="^weights.pth: not a PyTorch file"):
         torch_weights.load_grepq_high_level("weights.pth")
 
 
 def test_the_package_never_imports_torch():
-    code = ("import sys, grepq_jax.models.torch_weights, grepq_jax.models.clip_rn50_text; "
-            "sys.exit('torch' in sys.modules)")
+    code = ("import sys, grepq_jax.models.torch_weights, grepq_jax.models.clip_rn50_text, "
+            "grepq_jax.convert, grepq_jax.released; sys.exit('torch' in sys.modules)")
     env = {**os.environ, "USE_TORCH": "0", "PYTHONPATH": str(Path(__file__).parents[1])}
     assert subprocess.run([sys.executable, "-c", code], env=env).returncode == 0
+
+
+def test_the_shipped_vocabulary_is_openais():
+    # OpenAI's published file's SHA-256 (github.com/openai/CLIP, clip/).
+    import hashlib
+    digest = hashlib.sha256(clip_rn50_text.OPENAI_BPE.read_bytes()).hexdigest()
+    assert digest == "924691ac288e54409236115652ad4aa250f48203de50a9e4722a6ecd48d6804a"
+    assert "Copyright (c) 2021 OpenAI" in clip_rn50_text.OPENAI_BPE.with_name(
+        "LICENSE").read_text()
+    tokenizer = clip_rn50_text.tokenizer_from_openai_bpe()
+    assert len(tokenizer) == 49408
+    # What OpenAI's clip.tokenize gives for GRepQ's prompts (checked live below).
+    assert tokenizer("A good photo.")["input_ids"] == [49406, 320, 886, 1125, 269, 49407]
+    assert tokenizer("A bad photo.")["input_ids"] == [49406, 320, 2103, 1125, 269, 49407]
 
 
 # --- live, against torch and OpenAI's clip package -----------------------------------
@@ -408,8 +421,7 @@ def test_full_text_tower_matches_openai_encode_text_live(openai):
 
 def test_tokenizer_matches_openai_tokenize_live(openai):
     clip = pytest.importorskip("clip")
-    bpe = Path(clip.__file__).with_name("bpe_simple_vocab_16e6.txt.gz")
-    tokenizer = clip_rn50_text.tokenizer_from_openai_bpe(bpe)
+    tokenizer = clip_rn50_text.tokenizer_from_openai_bpe()  # the shipped vocabulary
     texts = ["a Good photo.", "A bad photo.", "a photo of a cat, taken at night!",
              "JPEG-compressed, blurry   image", "colour-saturated HDR photo: 100% natural?"]
     expected = clip.tokenize(texts).numpy()
@@ -434,8 +446,8 @@ def _assert_trees_equal(a, b):
     jax.tree.map(np.testing.assert_array_equal, a, b)
 
 
-def test_openai_torchscript_archive_reads_in_float32_only_when_trusted_live(openai, tmp_path,
-                                                                           monkeypatch):
+def test_openai_torchscript_archive_reads_in_float32_without_torch_live(openai, tmp_path,
+                                                                        monkeypatch):
     torch, model = openai
     tiny, state = _tiny_torch_clip(torch, model)
     model.convert_weights(tiny)  # fp16, as OpenAI ships it
@@ -444,9 +456,7 @@ def test_openai_torchscript_archive_reads_in_float32_only_when_trusted_live(open
                              check_trace=False)
     monkeypatch.chdir(tmp_path)
     traced.save("RN50.pt")
-    with pytest.raises(WeightsError, match="^RN50.pt: a TorchScript archive .* trust_torchscript=True"):
-        torch_weights.load_clip_rn50("RN50.pt")
-    weights = torch_weights.load_clip_rn50("RN50.pt", trust_torchscript=True)
+    weights = torch_weights.load_clip_rn50("RN50.pt")
     fp16 = {k for k, v in tiny.state_dict().items() if v.dtype == torch.float16}
     assert "visual.attnpool.q_proj.weight" in fp16
     halved = {k: v.astype(np.float16).astype(np.float32) if k in fp16 else v
@@ -478,7 +488,7 @@ def test_open_clip_and_grepq_files_read_live(openai, tmp_path, monkeypatch):
     with pytest.raises(WeightsError, match="^epoch_3.pt: missing key .*a whole CLIP"):
         torch_weights.load_grepq_high_level("epoch_3.pt")
     Path("notes.pth").write_text("not weights")
-    with pytest.raises(WeightsError, match="^notes.pth: not a PyTorch weights file"):
+    with pytest.raises(WeightsError, match="^notes.pth: not a PyTorch file"):
         torch_weights.load_grepq_high_level("notes.pth")
 
 
@@ -488,20 +498,49 @@ def _convert_argv(**flags):
     return ["grepq_jax.convert"] + [f"--{k}={v}" for k, v in flags.items()]
 
 
-def test_convert_without_torch_says_what_to_install(tmp_path, monkeypatch, capsys):
+def test_convert_names_the_first_missing_input_in_the_usage_lines_order(tmp_path,
+                                                                       monkeypatch, capsys):
     from grepq_jax import cli, convert
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.setitem(sys.modules, "torch", None)
-    _write_tiny_bpe(Path("bpe.gz"))
+    cases = [  # (flags, the one line expected)
+        (dict(clip="missing.pt", bpe="missing.gz", prompts="missing.txt"),
+         "missing.pt: no such file (--clip)"),
+        (dict(clip="RN50.pt", grepq_high_level="gone.pth", bpe="missing.gz"),
+         "gone.pth: no such file (--grepq_high_level)"),
+        (dict(clip="RN50.pt", bpe="missing.gz", prompts="missing.txt"),
+         "missing.gz: no such file (--bpe)"),
+        (dict(clip="RN50.pt", prompts="missing.txt"),
+         "--prompts=missing.txt: no such file, and not 'GOOD|BAD'"),
+        (dict(grepq_low_level="low.tar", grepq_high_level="gone.pth", clip="missing.pt"),
+         "low.tar: no such file (--grepq_low_level)"),
+        (dict(clip="RN50.pt"), "RN50.pt: not a PyTorch file (neither a zip nor torch's "
+         "legacy layout)"),
+    ]
     Path("RN50.pt").write_bytes(b"x")
-    argv = _convert_argv(clip="RN50.pt", bpe="bpe.gz", out="exported")
-    assert convert.main(cli.parse(convert.FLAGS, argv)) == 1
-    assert "pip install 'grepq_jax[convert]'" in capsys.readouterr().err
-    argv = _convert_argv(clip="missing.pt", bpe="bpe.gz", out="exported")
-    assert convert.main(cli.parse(convert.FLAGS, argv)) == 2
-    assert "missing.pt: no such file" in capsys.readouterr().err
-    assert not Path("exported").exists()
+    for flags, expected in cases:
+        assert convert.main(cli.parse(convert.FLAGS, _convert_argv(**flags, out="out"))) == 2
+        assert capsys.readouterr().err.splitlines() == [f"convert failed: {expected}"], flags
+    assert not Path("out").exists()
+
+
+def test_prompt_pairs_from_the_flag_or_a_file(tmp_path, monkeypatch):
+    from grepq_jax.convert import prompt_pairs
+
+    monkeypatch.chdir(tmp_path)
+    assert prompt_pairs("A good photo.|A bad photo.") == (("A good photo.", "A bad photo."),)
+    Path("prompts.txt").write_text("a sharp photo. | a blurry photo.\n\nHigh quality|Low quality\n")
+    assert prompt_pairs("prompts.txt") == (("a sharp photo.", "a blurry photo."),
+                                           ("High quality", "Low quality"))
+    Path("bad.txt").write_text("good|bad\njust one prompt\n")
+    with pytest.raises(ValueError, match="^bad.txt:2: expected 'GOOD|BAD'"):
+        prompt_pairs("bad.txt")
+    with pytest.raises(ValueError, match=r"^--prompts=a\|b\|c: expected 'GOOD\|BAD'"):
+        prompt_pairs("a|b|c")
+    Path("empty.txt").write_text("\n")
+    with pytest.raises(ValueError, match="^empty.txt: no prompt pairs"):
+        prompt_pairs("empty.txt")
 
 
 def test_convert_writes_a_high_level_export_live(openai, tmp_path, monkeypatch):
@@ -516,6 +555,7 @@ def test_convert_writes_a_high_level_export_live(openai, tmp_path, monkeypatch):
     grepq = {k.removeprefix("visual."): v for k, v in reference.random_clip_state_dict().items()
              if k.startswith("visual.")}
     torch.save({k: torch.from_numpy(v) for k, v in grepq.items()}, "grepq.pth")
+    monkeypatch.setitem(sys.modules, "torch", None)  # converting needs no torch
     argv = _convert_argv(clip="clip.pt", grepq_high_level="grepq.pth", bpe="bpe.gz", out="export")
     assert convert.main(cli.parse(convert.FLAGS, argv)) == 0
 
@@ -532,3 +572,13 @@ def test_convert_writes_a_high_level_export_live(openai, tmp_path, monkeypatch):
     np.testing.assert_allclose(tree["prompt_embeddings"], expected, rtol=0, atol=1e-6)
     # A second run refuses the used folder.
     assert convert.main(cli.parse(convert.FLAGS, argv)) == 2
+    # Any antonym pair, from the command line.
+    pair = (("A sharp photo.", "A bad photo."),)
+    argv = _convert_argv(clip="clip.pt", bpe="bpe.gz", out="sharp",
+                         prompts="A sharp photo.|A bad photo.")
+    assert convert.main(cli.parse(convert.FLAGS, argv)) == 0
+    tree, metadata = checkpoint.read_export(str(Path("sharp").absolute()))
+    assert metadata["prompts"] == [list(pair[0])]
+    expected = clip_rn50_text.encode_prompts(
+        clip_rn50_text.text_tower(text_arch, text_params, tokenizer), pair)
+    np.testing.assert_allclose(tree["prompt_embeddings"], expected, rtol=0, atol=1e-6)

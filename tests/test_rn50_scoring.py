@@ -191,12 +191,10 @@ def test_export_takes_the_patch_file_and_its_patch_size(tmp_path, low_level_expo
 
 def test_a_bad_released_file_leaves_no_output(tmp_path, rn50_export):
     (tmp_path / "low_level_model_weights.tar").write_bytes(b"not a checkpoint")
-    with pytest.raises((ValueError, ImportError)) as error:
+    with pytest.raises(ValueError, match="low_level_model_weights.tar: not a PyTorch file"):
         released.package_released_grepq(
             tmp_path / "out", low_level=str(tmp_path / "low_level_model_weights.tar"),
             high_level=str(rn50_export))
-    assert "low_level_model_weights.tar" in str(error.value) or "needs torch" in str(
-        error.value)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["low_level_model_weights.tar"]
 
 

@@ -8,15 +8,18 @@ width 512, 12 layers, 8 heads, context 77, vocabulary 49408, projection to
 this module's params; the prompt embeddings are then those of
 `clip.encode_prompts`, since a `TextTower` has the fields it reads.
 
-OpenAI's BPE (`bpe_simple_vocab_16e6.txt.gz` in the `clip` package) is the HF
-CLIP tokenizer's: `tokenizer_from_openai_bpe` builds one from that file alone,
-so converting needs no download.
+OpenAI's BPE (`bpe_simple_vocab_16e6.txt.gz`) is the HF CLIP tokenizer's:
+`tokenizer_from_openai_bpe` builds one from that file alone. The file ships
+in this package (clip_bpe/, with OpenAI's MIT licence), so converting needs
+no download and no other package.
 """
 from __future__ import annotations
 
 import dataclasses
 import gzip
+import importlib.resources
 import json
+import os
 import pathlib
 import tempfile
 from collections.abc import Sequence
@@ -36,6 +39,8 @@ START, END = "<|startoftext|>", "<|endoftext|>"
 # OpenAI's tokenizer reads the first 49152 - 256 - 2 merges of its file: with
 # 256 bytes, 256 end-of-word bytes and 2 specials, a 49408-token vocabulary.
 OPENAI_MERGES = 49152 - 256 - 2
+OPENAI_BPE = importlib.resources.files(__package__).joinpath(
+    "clip_bpe", "bpe_simple_vocab_16e6.txt.gz")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -104,9 +109,10 @@ def encode_prompts(tower: TextTower, pairs: Sequence[tuple[str, str]]) -> jax.Ar
     return clip.encode_prompts(tower, pairs)
 
 
-def openai_merges(bpe_path) -> list[str]:
+def openai_merges(bpe_path=OPENAI_BPE) -> list[str]:
     """The merges ("a b") OpenAI's tokenizer uses from its gzipped BPE file."""
-    path = pathlib.Path(bpe_path)
+    # A str or path; or the package's resource, which need not be on the file system.
+    path = pathlib.Path(bpe_path) if isinstance(bpe_path, (str, os.PathLike)) else bpe_path
     try:
         lines = gzip.decompress(path.read_bytes()).decode("utf-8").split("\n")
     except (OSError, EOFError, UnicodeDecodeError) as err:
@@ -119,8 +125,10 @@ def openai_merges(bpe_path) -> list[str]:
     return merges
 
 
-def tokenizer_from_openai_bpe(bpe_path, context_length: int = 77) -> CLIPTokenizerFast:
-    """An HF CLIP tokenizer from OpenAI's `bpe_simple_vocab_16e6.txt.gz` alone.
+def tokenizer_from_openai_bpe(bpe_path=OPENAI_BPE, context_length: int = 77
+                              ) -> CLIPTokenizerFast:
+    """An HF CLIP tokenizer from OpenAI's `bpe_simple_vocab_16e6.txt.gz` alone
+    (by default the copy shipped in the package).
 
     The vocabulary is OpenAI's: the 256 byte symbols, the same with "</w>",
     each merge's result in file order, then START and END (the last id).
