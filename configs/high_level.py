@@ -7,9 +7,9 @@ local `save_pretrained` directory:
       --workdir=runs/high_level --config.model.clip=/path/to/clip-vit-base-patch32
 
 and "clip_rn50", OpenAI's CLIP RN50 as the paper trains it, from a high-level
-export that `grepq convert` writes once from OpenAI's RN50.pt (needs torch
-there; training does not). The paper's settings (batch 128, groups of 4,
-224x224 centre crops, Adam 1e-6 after 2.5 warm-up epochs), on a real folder:
+export that `grepq convert` writes once from OpenAI's RN50.pt. The paper's
+settings (batch 128, groups of 4, 224x224 centre crops, Adam 1e-6 after 2.5
+warm-up epochs), on a real folder:
   grepq convert --clip=RN50.pt --out=exports/openai_rn50
   python -m grepq_jax.main --config=configs/high_level.py:paper \
       --workdir=gs://BUCKET/grepq/high_level --config.data.path=/data/livefb \

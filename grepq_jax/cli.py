@@ -4,7 +4,8 @@
     grepq export --low_level=runs/low_level/export --out=models/grepq
     grepq score --model=models/grepq photos/
     grepq evaluate --model=models/grepq --dataset=csv --root=DIR --out=results
-    grepq convert --clip=RN50.pt --out=runs/rn50/export   (needs torch)
+    grepq convert --clip=RN50.pt --out=runs/rn50/export
+    grepq download        (the released GRepQ model, then --model=grepq)
 
 `grepq COMMAND ...` is `python -m grepq_jax.COMMAND ...` (train is
 grepq_jax.main); both forms stay.
@@ -37,6 +38,7 @@ COMMANDS = {
     "score": "grepq_jax.score",
     "evaluate": "grepq_jax.evaluate",
     "convert": "grepq_jax.convert",
+    "download": "grepq_jax.download",
 }
 
 
@@ -108,7 +110,8 @@ def main() -> None:
               "  score     score images with a model folder\n"
               "  evaluate  evaluate a model folder on an IQA dataset\n"
               "  convert   turn OpenAI / open_clip / GRepQ PyTorch weights into an "
-              "export (needs torch)\n\n"
+              "export\n"
+              "  download  fetch and convert the released GRepQ model (--model=grepq)\n\n"
               "grepq COMMAND --help shows each command's flags."
               % ",".join(COMMANDS))
         sys.exit(0 if len(argv) >= 2 else 2)

@@ -1,7 +1,7 @@
 """The released GRepQ model, fetched, checked and converted, in one command.
 
-    python -m grepq_jax.download         # prints the model folder's path
-    grepq score --model="$(python -m grepq_jax.download)" photos/
+    grepq download                       # prints the model folder's path
+    grepq score --model=grepq photos/    # the name finds it in the cache
 
 Fetches OpenAI's RN50.pt (SHA-256 checked) and GRepQ's three released files
 into the cache ($GREPQ_HOME, else $XDG_CACHE_HOME/grepq_jax, else
@@ -46,11 +46,13 @@ def main(argv: list[str]) -> int:
 
 
 USAGE = """\
-usage: python -m grepq_jax.download [--cache=DIR]
+usage: grepq download [--cache=DIR]
+       (or python -m grepq_jax.download ...)
 
 Fetches the released GRepQ model (the authors' three files and OpenAI's
 RN50.pt) into the cache and converts it into a model folder, whose path it
-prints: grepq score --model="$(python -m grepq_jax.download)" photos/"""
+prints. With the default cache, the name grepq then stands for it:
+  grepq score --model=grepq photos/"""
 
 
 def run_command() -> None:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 import pathlib
 
-from grepq_jax import fetch, released
+from grepq_jax import fetch, model_cache, released
 
 RN50_SHA256 = "afeb0e10f9e5a86da6080e35cf09123aca3b358a0c3e3b6c78a7b63bc04b6762"
 RN50_URL = f"https://openaipublic.azureedge.net/clip/models/{RN50_SHA256}/RN50.pt"
@@ -24,36 +24,17 @@ DRIVE_FOLDER_ID = "1wLpdN6TNezur_0_NF7XgmBMyWcSxH5eX"
 DRIVE_FOLDER_URL = f"https://drive.google.com/drive/folders/{DRIVE_FOLDER_ID}"
 LOW_LEVEL, HIGH_LEVEL, PATCHES = ("low_level_model_weights.tar", "high_level_model_weights.pth",
                                   "pristine_patches_096_0.75_0.80.hdf5")
-MODEL_NAME = "grepq"
-
-
-def cache_home() -> pathlib.Path:
-    if os.environ.get("GREPQ_HOME"):
-        return pathlib.Path(os.environ["GREPQ_HOME"]).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or pathlib.Path.home() / ".cache"
-    return pathlib.Path(base).expanduser() / "grepq_jax"
-
-
-def model_folder(cache=None, name: str = MODEL_NAME) -> pathlib.Path:
-    """Where `name`'s model folder is (or would be) in the cache."""
-    return pathlib.Path(cache or cache_home()) / "models" / name
-
-
-def named_model(name: str, cache=None) -> pathlib.Path | None:
-    """The cached model folder a bare name (`--model=grepq`) stands for, when it is there."""
-    folder = model_folder(cache, name)
-    return folder if name == MODEL_NAME and (folder / "model.json").is_file() else None
 
 
 def files_folder(cache=None) -> pathlib.Path:
-    return pathlib.Path(cache or cache_home()) / "files"
+    return pathlib.Path(cache or model_cache.cache_home()) / "files"
 
 
 def by_hand(cache=None) -> str:
     """What to do without a network, in one line."""
-    files, model = files_folder(cache), model_folder(cache)
+    files, model = files_folder(cache), model_cache.model_folder(cache=cache)
     return (f"fetch {RN50_URL} and, from {DRIVE_FOLDER_URL}, {LOW_LEVEL}, {HIGH_LEVEL} and "
-            f"{PATCHES}, into {files}/; then run python -m grepq_jax.download again, or: grepq convert "
+            f"{PATCHES}, into {files}/; then run grepq download again, or: grepq convert "
             f"--grepq_low_level={files / LOW_LEVEL} --grepq_high_level={files / HIGH_LEVEL} "
             f"--clip={files / 'RN50.pt'} --pristine_patches={files / PATCHES} --out={model}")
 
@@ -112,7 +93,7 @@ def download_released(cache=None, *, rn50_url: str | None = None,
     Raises fetch.Unreachable / FetchError, and ValueError naming a file that
     does not convert (as `grepq convert`).
     """
-    model = model_folder(cache)
+    model = model_cache.model_folder(cache=cache)
     if (model / "model.json").is_file():
         return model
     files = fetch_released_files(cache, rn50_url=rn50_url, rn50_sha256=rn50_sha256,

@@ -74,7 +74,7 @@ import numpy as np
 from PIL import Image, ImageOps
 import tqdm
 
-from grepq_jax import cli, errors, output_files
+from grepq_jax import cli, errors, model_cache, output_files
 from grepq_jax.scoring import quality_map, zero_shot
 from grepq_jax.scoring import quality_model as qm
 from grepq_jax.data import images
@@ -277,8 +277,10 @@ def create_scorer(model_folder, mode: str | None = None, *, batch_size: int = 8,
     bit-identical; whole-image outputs agree to float32 rounding).
     max_pixels: larger images are refused, each with its error. Raises
     ModelFolderError (a ValueError) naming the file when the folder is
-    damaged.
+    damaged. `model_folder` may be a name `grepq download` wrote ("grepq"),
+    found in its cache unless a folder of that name is here.
     """
+    model_folder = model_cache.resolve(model_folder)
     return Scorer(qm.QualityModel.load(model_folder, chunk=chunk), mode,
                   batch_size=batch_size, batch_pixels=batch_pixels,
                   max_pixels=max_pixels)
@@ -287,7 +289,8 @@ def create_scorer(model_folder, mode: str | None = None, *, batch_size: int = 8,
 # Command line ---------------------------------------------------------------
 
 FLAGS = flags.FlagValues()
-_MODEL = flags.DEFINE_string("model", None, "The model folder (grepq_jax.export).",
+_MODEL = flags.DEFINE_string("model", None, "The model folder (grepq export), or "
+                             "grepq: the released model that grepq download fetched.",
                              required=True, flag_values=FLAGS)
 _MODE = flags.DEFINE_enum("mode", None, list(MODES), "What to score; default "
                           "zero_shot (or the one encoder's zero-shot mode).",
@@ -432,7 +435,8 @@ def score_paths(scorer: Scorer, paths: list[str], csv_file, json_file=None, *,
 
 def _planned_places(paths: list[str]) -> tuple[list[output_files.Place], list]:
     """(inputs, outputs) as the flags and arguments name them, for the clash check."""
-    inputs = [output_files.Place(f"--model={_MODEL.value}", _MODEL.value, folder=True)]
+    inputs = [output_files.Place(f"--model={_MODEL.value}",
+                                 model_cache.resolve(_MODEL.value), folder=True)]
     for path in paths:
         if os.path.isdir(path):
             inputs.append(output_files.Place(f"the input folder {path}", path, folder=True,
@@ -484,7 +488,7 @@ def main(argv: list[str]) -> int:
     logging.set_verbosity(logging.WARNING)  # Orbax logs every read at INFO.
     try:
         scorer = create_scorer(
-            cli.absolute(_MODEL.value), _MODE.value, batch_size=_BATCH_SIZE.value,
+            cli.absolute(model_cache.resolve(_MODEL.value)), _MODE.value, batch_size=_BATCH_SIZE.value,
             chunk=_CHUNK.value, batch_pixels=_BATCH_PIXELS.value,
             max_pixels=_MAX_PIXELS.value)
     except ValueError as error:  # ModelFolderError, or a mode the model cannot do.

@@ -100,7 +100,9 @@ if ((!skip_create)); then
 fi
 
 repo="$(cd "$here/.." && pwd)"
-tarball="${TMPDIR:-/tmp}/grepq_jax_$name.tar.gz"
+# One per launch ($$): two launches at once must not pack into one file.
+tarball="${TMPDIR:-/tmp}/grepq_jax_${name}_$$.tar.gz"
+((dry_run)) || trap 'rm -f "$tarball"' EXIT
 run tar -czf "$tarball" -C "$repo" --exclude=.git --exclude=.whl \
   --exclude=.pytest_cache --exclude='*.egg-info' --exclude=__pycache__ \
   --exclude=runs --exclude='workdir*' --exclude=.venv .

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from grepq_jax import cli, download, fetch, released_download, score
+from grepq_jax import cli, download, errors, fetch, model_cache, released_download, score
 
 _FIXTURES = Path(__file__).parent / "fixtures"
 
@@ -126,11 +126,11 @@ def test_the_cache_folder_follows_the_environment(monkeypatch, tmp_path):
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     monkeypatch.delenv("GREPQ_HOME", raising=False)
     monkeypatch.delenv("XDG_CACHE_HOME", raising=False)
-    assert released_download.cache_home() == tmp_path / "home" / ".cache" / "grepq_jax"
+    assert model_cache.cache_home() == tmp_path / "home" / ".cache" / "grepq_jax"
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
-    assert released_download.cache_home() == tmp_path / "xdg" / "grepq_jax"
+    assert model_cache.cache_home() == tmp_path / "xdg" / "grepq_jax"
     monkeypatch.setenv("GREPQ_HOME", str(tmp_path / "grepq"))
-    assert released_download.model_folder() == tmp_path / "grepq" / "models" / "grepq"
+    assert model_cache.model_folder() == tmp_path / "grepq" / "models" / "grepq"
 
 
 def test_without_a_network_the_command_says_what_to_do_by_hand(tmp_path, monkeypatch,
@@ -143,7 +143,7 @@ def test_without_a_network_the_command_says_what_to_do_by_hand(tmp_path, monkeyp
     assert len(lines) == 1, lines
     assert lines[0].startswith("download failed: 127.0.0.1:")
     assert f"{released_download.LOW_LEVEL}, {released_download.HIGH_LEVEL} and " in lines[0]
-    assert f"into {files}/; then run python -m grepq_jax.download again, or: grepq convert " in lines[0]
+    assert f"into {files}/; then run grepq download again, or: grepq convert " in lines[0]
     assert (f"--grepq_low_level={files / released_download.LOW_LEVEL} " in lines[0]
             and f"--clip={files / 'RN50.pt'} " in lines[0] and lines[0].endswith(f"--out={model}"))
     assert not model.exists()
@@ -238,8 +238,11 @@ def test_a_drive_folder_without_a_file_names_it(server, tmp_path, monkeypatch):
 def test_the_name_grepq_stands_for_the_cached_model_once_it_is_there(tmp_path, monkeypatch):
     monkeypatch.setenv("GREPQ_HOME", "cache")  # relative, as users may set it
     monkeypatch.chdir(tmp_path)
-    assert released_download.named_model("grepq") is None
+    with pytest.raises(errors.UsageError, match="run `grepq download` first"):
+        model_cache.resolve("grepq")
     Path("cache/models/grepq").mkdir(parents=True)
     Path("cache/models/grepq/model.json").write_text("{}")
-    assert released_download.named_model("grepq") == Path("cache/models/grepq")
-    assert released_download.named_model("other") is None
+    assert model_cache.resolve("grepq") == str(Path("cache/models/grepq"))
+    assert model_cache.resolve("other") == "other"  # not a name: a path, as given
+    Path("grepq").mkdir()  # a folder of that name here wins over the cache
+    assert model_cache.resolve("grepq") == "grepq"

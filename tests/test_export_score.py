@@ -14,6 +14,7 @@ import io
 import json
 import os
 import pathlib
+import shutil
 import subprocess
 import sys
 import tracemalloc
@@ -341,3 +342,28 @@ def test_export_and_score_take_relative_paths(tmp_path, monkeypatch, low_level_e
     assert score.main(cli.parse(score.FLAGS, argv)) == 0
     rows = list(csv.DictReader((tmp_path / "scores.csv").open()))
     assert [row["path"] for row in rows] == ["images/x.png"] and rows[0]["error"] == ""
+
+
+def test_the_name_grepq_scores_with_the_downloaded_model(model_folder, image_folder,
+                                                         tmp_path):
+    """`grepq score --model=grepq` as the README types it after `grepq download`:
+    the name finds the model folder in the cache ($GREPQ_HOME, relative here);
+    before the download it is one line saying to run it, exit 2."""
+    env = dict(os.environ, GREPQ_HOME="cache")
+    # The dispatcher the `grepq` console script runs.
+    command = [sys.executable, "-m", "grepq_jax.cli", "score", "--model=grepq",
+               "--mode=zero_shot_low",
+               str(image_folder / "a.png")]
+    missing = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True,
+                             text=True, check=False)
+    assert missing.returncode == 2, missing.stderr
+    assert missing.stderr.strip().splitlines() == [
+        f"no model folder 'grepq' here, and the released model is not in the cache yet "
+        f"({os.path.join('cache', 'models', 'grepq')}): run `grepq download` first"]
+    shutil.copytree(model_folder, tmp_path / "cache" / "models" / "grepq")
+    done = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True,
+                          check=False)
+    assert done.returncode == 0, done.stderr
+    rows = list(csv.DictReader(io.StringIO(done.stdout)))
+    expected = score.create_scorer(model_folder, "zero_shot_low").score(image_folder / "a.png")
+    assert float(rows[0]["low_level"]) == pytest.approx(expected, rel=1e-6)

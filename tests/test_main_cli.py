@@ -3,6 +3,7 @@ resuming, one-line usage errors with exit 2, the closing message's commands,
 the `grepq` dispatcher, and the README's quick start as CI extracts it."""
 
 import os
+import re
 from pathlib import Path
 import shutil
 import subprocess
@@ -181,9 +182,11 @@ def test_a_checkpoint_that_cannot_be_saved_stops_at_once(photo_folder, tmp_path)
                 tmp_path)
     assert done.returncode == 1, done.stderr[-3000:]
     last = done.stderr.strip().splitlines()[-1]
-    assert last.startswith("python -m grepq_jax.main: cannot save the checkpoint "
-                           f"of step 1 in {tmp_path}/run/checkpoints: "
-                           "NotADirectoryError"), done.stderr[-3000:]
+    # Which of the two the OS reports depends on whether Orbax's background
+    # thread had begun the step's folder when the file replaced its parent.
+    assert re.match("python -m grepq_jax.main: cannot save the checkpoint of step 1 in "
+                    f"{re.escape(str(tmp_path))}/run/checkpoints: "
+                    "(NotADirectoryError|FileNotFoundError)", last), done.stderr[-3000:]
     assert "Traceback" not in done.stderr and "Done:" not in done.stderr
 
 

@@ -93,7 +93,7 @@ def _read_rn50(source: str) -> high_level_export.HighLevelExport:
     except FileNotFoundError as error:
         raise ValueError(
             f"config.model.clip: {error}. Convert OpenAI's RN50 once with "
-            f"`grepq convert --clip=RN50.pt --out={source}` (needs torch), "
+            f"`grepq convert --clip=RN50.pt --out={source}`, "
             "or point it at a high-level run's workdir/export"
         ) from None
     if exported.encoder != "clip_rn50":
