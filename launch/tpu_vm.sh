@@ -103,9 +103,11 @@ repo="$(cd "$here/.." && pwd)"
 # One per launch ($$): two launches at once must not pack into one file.
 tarball="${TMPDIR:-/tmp}/grepq_jax_${name}_$$.tar.gz"
 ((dry_run)) || trap 'rm -f "$tarball"' EXIT
+# Run folders are left out only at the top (as .gitignore does): an unanchored
+# 'workdir*' would drop grepq_jax/workdir_lock.py too.
 run tar -czf "$tarball" -C "$repo" --exclude=.git --exclude=.whl \
   --exclude=.pytest_cache --exclude='*.egg-info' --exclude=__pycache__ \
-  --exclude=runs --exclude='workdir*' --exclude=.venv .
+  --anchored --exclude=./runs --exclude='./workdir*' --exclude=./.venv --no-anchored .
 run "$gcloud" compute tpus tpu-vm scp "$tarball" "$name:grepq_jax.tar.gz" \
   "${where[@]}" --worker=all
 # A fresh copy each time: files deleted here must not linger there.
