@@ -128,6 +128,15 @@ def train_original(data: pathlib.Path, labels: pathlib.Path, workdir: pathlib.Pa
     return dict(run, trained=checkpoint)
 
 
+def label_difference(our_workdir: pathlib.Path, piq_labels) -> float:
+    """Max |our FSIM labels (the trainer's cache) - piq's| over every group."""
+    (cache,) = (our_workdir / "fsim_cache").glob("fsim_labels_*.npz")
+    with np.load(cache) as stored:  # keys "index|files", the index in sorted order
+        order = np.argsort([int(key.split("|")[0]) for key in stored["keys"]])
+        ours = stored["matrices"][order]
+    return float(np.abs(ours - np.stack([m.numpy() for m in piq_labels])).max())
+
+
 def model_folder(side: str, trained: pathlib.Path, pristine_dir: pathlib.Path,
                  out: pathlib.Path) -> pathlib.Path:
     """The scoring model folder, through `grepq export` or `grepq convert`."""
@@ -299,7 +308,7 @@ def main() -> None:
 
     import original_llm_restated  # pylint: disable=import-outside-toplevel
     start = time.perf_counter()
-    original_llm_restated.group_labels(data, out / LABEL_CACHE)
+    piq_labels = original_llm_restated.group_labels(data, out / LABEL_CACHE)
     label_seconds = time.perf_counter() - start
     print(f"original's FSIM labels (piq, once for all seeds and kept in --out): "
           f"{label_seconds:.0f} s",
@@ -327,6 +336,8 @@ def main() -> None:
             folders[side, seed] = model_folder(side, run["trained"], pristine_dir,
                                                out / "models" / f"{side}_seed{seed}")
 
+    label_gap = label_difference(out / "runs" / "ours_seed0", piq_labels)
+    print(f"FSIM labels, ours vs piq's: max |difference| {label_gap:.2e}", flush=True)
     versions = heldout_judge.heldout_versions(args.images, families, 256)
     judged = judge(folders, versions, pristine_sets(out, args))
     results = {side: {"runs": [dict(j, loss=r["loss"], seconds=r["seconds"])
@@ -350,6 +361,7 @@ def main() -> None:
     } for side in SIDES}
     summary["original"]["label_seconds"] = label_seconds
     summary["original_repo_agreement"] = agreement
+    summary["fsim_label_max_difference"] = label_gap
     summary["settings"] = {
         "seeds": args.seeds, "steps": steps, "groups_per_step": args.batch,
         "versions_per_group": 9, "view_px": args.grid * FRAGMENT, "learning_rate": 1e-4,
