@@ -163,6 +163,22 @@ def pristine_sets(out: pathlib.Path, args) -> dict:
     return sets
 
 
+def _cached_gaussians(path: pathlib.Path, encoder, versions: dict) -> dict:
+    """heldout_judge.version_gaussians, kept in `path` for a rerun on the same
+    held-out set (an interrupted benchmark, or one with more flags)."""
+    keys = sorted(versions)
+    if path.is_file():
+        with np.load(path) as stored:
+            if stored["keys"].tolist() == ["|".join(k) for k in keys]:
+                return {key: list(zip(stored["mu"][i], stored["cov"][i]))
+                        for i, key in enumerate(keys)}
+    gaussians = heldout_judge.version_gaussians(encoder, versions)
+    np.savez(path, keys=np.array(["|".join(k) for k in keys]),
+             mu=np.array([[mu for mu, _ in gaussians[k]] for k in keys]),
+             cov=np.array([[cov for _, cov in gaussians[k]] for k in keys]))
+    return gaussians
+
+
 def judge(folders: dict, versions: dict, extra_sets: dict) -> dict:
     """{side: [per seed summary with "pristine": {set: summary}]}."""
     results = {side: [] for side in SIDES}
@@ -175,7 +191,8 @@ def judge(folders: dict, versions: dict, extra_sets: dict) -> dict:
             if gap > 1e-6:
                 sys.exit(f"the judge's score differs from the scorer's by {gap}")
             checked = True
-        gaussians = heldout_judge.version_gaussians(encoder, versions)
+        gaussians = _cached_gaussians(folder.parent / f"{folder.name}_heldout.npz",
+                                      encoder, versions)
         result = heldout_judge.summary(heldout_judge.orderings(gaussians, stats))
         result["pristine_patches"] = stats.num_patches
         result["pristine"] = {}
