@@ -39,7 +39,11 @@ written data.
 One command, offline, from the repository root:
 
     python benchmarks/bench_learning_parity.py --out=parity_out \
-        --other_pristine=/usr/share/backgrounds --original_repo=../GRepQ
+        --other_pristine=OTHER_PHOTOS --original_repo=GREPQ_CHECKOUT
+
+OTHER_PHOTOS: a folder of clean photographs (docs/quality.md lists the
+Debian wallpapers used). --original_repo imports the checkout's own files,
+so it needs their imports too (pandas, h5py, tensorboard, clip).
 
 Default: 3 seeds x 60 steps of 4 groups on each side. Measured only on the
 2-core development machine shared with three other sessions (load average
@@ -124,10 +128,10 @@ def train_original(data: pathlib.Path, labels: pathlib.Path, workdir: pathlib.Pa
     if result.is_file():  # finished by an interrupted benchmark
         return dict(json.loads(result.read_text()), trained=checkpoint)
     seconds = _run([sys.executable, str(ROOT / "benchmarks" / "original_llm_restated.py"),
-          f"--data={data}", f"--labels={labels}",
-          f"--checkpoint={checkpoint}", f"--result={result}", f"--steps={steps}",
-          f"--batch={args.batch}", f"--seed={seed}", f"--grid={args.grid}",
-          f"--size={FRAGMENT}"], f"the original's training (seed {seed})")
+                    f"--data={data}", f"--labels={labels}", f"--checkpoint={checkpoint}",
+                    f"--result={result}", f"--steps={steps}", f"--batch={args.batch}",
+                    f"--seed={seed}", f"--grid={args.grid}", f"--size={FRAGMENT}"],
+                   f"the original's training (seed {seed})")
     run = dict(json.loads(result.read_text()), seconds=seconds)
     result.write_text(json.dumps(run))
     return dict(run, trained=checkpoint)
