@@ -314,6 +314,9 @@ def main() -> None:
         value = getattr(args, flag)
         if value and not pathlib.Path(value).is_dir():
             parser.error(f"--{flag}={value}: not a folder")
+    if args.original_repo and not (pathlib.Path(args.original_repo) / "train_llm.py").is_file():
+        parser.error(f"--original_repo={args.original_repo}: no train_llm.py there "
+                     "(a checkout of suhas-srinath/GRepQ)")
     if args.quick:
         args.seeds, args.steps, args.images = 1, 8, 2
     families = (("jpeg2000", "motion_blur", "jpeg") if args.quick
@@ -343,8 +346,13 @@ def main() -> None:
     agreement = None
     if args.original_repo:
         import original_repo_shim  # pylint: disable=import-outside-toplevel
-        agreement = original_repo_shim.agreement(args.original_repo, data, out / "shim",
-                                                 label_cache=out / LABEL_CACHE)
+        try:
+            agreement = original_repo_shim.agreement(args.original_repo, data, out / "shim",
+                                                     label_cache=out / LABEL_CACHE)
+        except ImportError as error:
+            sys.exit(f"--original_repo={args.original_repo}: importing its train_llm.py "
+                     f"failed ({error}); it needs its own requirements (pandas, h5py, "
+                     "tensorboard, clip)")
         print(original_repo_shim.report(agreement), flush=True)
 
     runs = {side: [] for side in SIDES}

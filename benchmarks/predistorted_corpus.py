@@ -11,6 +11,7 @@ named so that sorted order puts the reference first.
 import csv
 import pathlib
 import re
+import sys
 
 import numpy as np
 from PIL import Image
@@ -42,12 +43,21 @@ def folder_sources(folder, max_side: int) -> dict:
             for path in images.find_image_files(folder)}
 
 
+def _loaded(name: str, load):
+    """load(), or None after a one-line report when the file is unusable."""
+    try:
+        return load()
+    except images.UnusableImageError as error:
+        print(f"skipped {name}: {error}", file=sys.stderr)
+        return None
+
+
 def write_predistorted(root, sources: dict, *, seed: int = 0) -> pathlib.Path:
     """Writes ROOT/LIVE_FB_synthetic (groups and LIVEFB.csv); returns that folder.
 
     sources: name -> loader of a pristine (H, W, 3) image in [0, 1]. Versions
     are seeded by (seed, the source's place), as grepq_jax's own layout
-    "pristine" seeds them.
+    "pristine" seeds them. An unusable source is reported and left out.
     """
     dataset = pathlib.Path(root) / DATASET
     dataset.mkdir(parents=True, exist_ok=True)
@@ -55,7 +65,10 @@ def write_predistorted(root, sources: dict, *, seed: int = 0) -> pathlib.Path:
     for index, (name, load) in enumerate(sources.items()):
         stem = f"{index:03d}_{_slug(name)[-40:]}"
         rng = np.random.default_rng([seed, 0, index])
-        versions = distortions.make_versions_uint8(load(), DISTORTION_SET, rng)
+        image = _loaded(name, load)
+        if image is None:
+            continue
+        versions = distortions.make_versions_uint8(image, DISTORTION_SET, rng)
         group = dataset / f"{stem}.bmp"
         group.mkdir(exist_ok=True)
         labels = ["reference"] + [f"{family}_{level}" for family, level
@@ -75,6 +88,9 @@ def write_pristine_folder(folder, sources: dict) -> pathlib.Path:
     folder = pathlib.Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     for index, (name, load) in enumerate(sources.items()):
-        pixels = images.to_uint8(np.asarray(load())[None])[0]
+        image = _loaded(name, load)
+        if image is None:
+            continue
+        pixels = images.to_uint8(np.asarray(image)[None])[0]
         Image.fromarray(pixels).save(folder / f"{index:03d}_{_slug(name)[-40:]}.png")
     return folder

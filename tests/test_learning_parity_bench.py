@@ -93,3 +93,16 @@ def test_the_shim_sends_cuda_to_the_cpu_only_while_inside():
         assert layer.weight.device.type == "cpu" and tensor.device.type == "cpu"
         assert torch.zeros(2).to(torch.float64).dtype == torch.float64
     assert torch.nn.Module.to is module_to
+
+
+def test_an_unusable_photograph_is_reported_and_the_rest_written(tmp_path, capsys):
+    from grepq_jax.data import images  # pylint: disable=import-outside-toplevel
+
+    def broken():
+        raise images.UnusableImageError("cannot identify image file")
+    sources = {"broken.jpg": broken, **_sources(count=1)}
+    data = predistorted_corpus.write_predistorted(tmp_path, sources)
+    assert "skipped broken.jpg: cannot identify image file" in capsys.readouterr().err
+    assert [f.name for f in original_llm_restated.group_folders(data)] == ["001_photo_0.bmp"]
+    assert (data / predistorted_corpus.INDEX_FILE).read_text().split() == [
+        "im_loc", "001_photo_0.png"]
