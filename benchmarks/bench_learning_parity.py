@@ -45,13 +45,12 @@ OTHER_PHOTOS: a folder of clean photographs (docs/quality.md lists the
 Debian wallpapers used). --original_repo imports the checkout's own files,
 so it needs their imports too (pandas, h5py, tensorboard, clip).
 
-Default: 3 seeds x 60 steps of 4 groups on each side. Measured only on the
-2-core development machine shared with three other sessions (load average
-5 to 7): piq's labels 250 s once, 370 to 588 s per training run of ours and
-479 to 817 s of the original's, 55 to 360 s judging each model; about 80
-minutes in all, so the 40 minutes asked for on a quiet machine are not
-shown. Everything finished is kept in --out and read back by a rerun (the
-same command judged the six runs again in 2 minutes). --quick: 1 seed x 8
+Default: 3 seeds x 60 steps of 4 groups on each side: 23 min 43 s from
+scratch on the 2-core development machine (load average about 2): piq's
+labels 89 s once, 147 to 160 s per training run on either side, about a
+minute judging each model; under load 5 to 7, about 80 minutes, with the
+same figures. Everything finished is kept in --out and read back by a rerun.
+--quick: 1 seed x 8
 steps on 4 photographs, 2 held-out images, 3 families; 2 min 55 s from
 scratch (load average 2 to 3), the same figures as an earlier quick run.
 """
