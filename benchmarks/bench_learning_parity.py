@@ -50,9 +50,9 @@ scratch on the 2-core development machine (load average about 2): piq's
 labels 89 s once, 147 to 160 s per training run on either side, about a
 minute judging each model; under load 5 to 7, about 80 minutes, with the
 same figures. Everything finished is kept in --out and read back by a rerun.
---quick: 1 seed x 8
-steps on 4 photographs, 2 held-out images, 3 families; 2 min 55 s from
-scratch (load average 2 to 3), the same figures as an earlier quick run.
+--quick: 1 seed x 8 steps on 4 photographs, 2 held-out images, 3 families;
+2 min 55 s from scratch (load average 2 to 3), the same figures as an
+earlier quick run.
 """
 import argparse
 import json
