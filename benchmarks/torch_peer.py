@@ -81,7 +81,8 @@ def weighted_contrastive_loss(f1, f2, tau, sim):
 class PeerTrainer:
     """The original optimiser, schedule and per-iteration step around LLModel."""
 
-    def __init__(self, total_steps: int, channels_last: bool = False):
+    def __init__(self, total_steps: int, channels_last: bool = False,
+                 learning_rate: float = ORIGINAL_LR):
         self.model = LLModel()
         self.memory_format = (
             torch.channels_last if channels_last else torch.contiguous_format
@@ -90,7 +91,7 @@ class PeerTrainer:
         self.model.train()
         self.optimizer = torch.optim.AdamW(
             self.model.parameters(),
-            lr=ORIGINAL_LR,
+            lr=learning_rate,
             weight_decay=ORIGINAL_WEIGHT_DECAY,
         )
         self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
