@@ -58,7 +58,6 @@ import argparse
 import json
 import os
 import pathlib
-import subprocess
 import sys
 import time
 
@@ -70,6 +69,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 import numpy as np  # noqa: E402
 
 import bench_quality  # noqa: E402
+from bench_quality import run_package_command  # noqa: E402
 import heldout_judge  # noqa: E402
 import predistorted_corpus  # noqa: E402
 
@@ -77,16 +77,6 @@ SIDES = ("ours", "original")
 LOSS_STEPS = (10, 30, 60)
 FRAGMENT = 32  # the original's fragment side, px (dataloader_contrastive.py:90)
 LABEL_CACHE = "original_fsim_labels.npz"  # in --out: piq's labels, by group content
-
-
-def _run(command: list[str], what: str) -> float:
-    """Runs a command of this checkout; returns its seconds; stops on failure."""
-    start = time.perf_counter()
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
-    result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True)
-    if result.returncode:
-        sys.exit(f"{what} failed ({result.returncode}):\n{result.stderr[-3000:]}")
-    return time.perf_counter() - start
 
 
 def _losses_logged(logdir: pathlib.Path) -> list[float]:
@@ -108,7 +98,7 @@ def train_ours(data: pathlib.Path, workdir: pathlib.Path, seed: int, args,
     if done.is_file():
         return {"loss": _losses_logged(workdir / "tensorboard"),
                 "seconds": json.loads(done.read_text()), "trained": workdir / "export"}
-    seconds = _run([sys.executable, "-m", "grepq_jax.main",
+    seconds = run_package_command([sys.executable, "-m", "grepq_jax.main",
                     "--config=configs/low_level.py:paper", f"--workdir={workdir}",
                     "--config.data.layout=predistorted", f"--config.data.path={data}",
                     "--config.data.workers=0", f"--config.data.fragment_grid={args.grid}",
@@ -127,7 +117,8 @@ def train_original(data: pathlib.Path, labels: pathlib.Path, workdir: pathlib.Pa
     checkpoint, result = workdir / "Train" / "latest.tar", workdir / "result.json"
     if result.is_file():  # finished by an interrupted benchmark
         return dict(json.loads(result.read_text()), trained=checkpoint)
-    seconds = _run([sys.executable, str(ROOT / "benchmarks" / "original_llm_restated.py"),
+    seconds = run_package_command([
+                    sys.executable, str(ROOT / "benchmarks" / "original_llm_restated.py"),
                     f"--data={data}", f"--labels={labels}", f"--checkpoint={checkpoint}",
                     f"--result={result}", f"--steps={steps}", f"--batch={args.batch}",
                     f"--seed={seed}", f"--grid={args.grid}", f"--size={FRAGMENT}"],
@@ -154,8 +145,8 @@ def model_folder(side: str, trained: pathlib.Path, pristine_dir: pathlib.Path,
             command = ["-m", "grepq_jax.export", f"--low_level={trained}"]
         else:
             command = ["-m", "grepq_jax.convert", f"--grepq_low_level={trained}"]
-        _run([sys.executable, *command, f"--pristine={pristine_dir}", f"--out={out}"],
-             f"packaging {trained}")
+        run_package_command([sys.executable, *command, f"--pristine={pristine_dir}",
+                             f"--out={out}"], f"packaging {trained}")
     return out
 
 

@@ -162,7 +162,7 @@ def ordering(scores) -> float:
 
 # The rows ------------------------------------------------------------------------
 
-def _run(command: list[str], what: str) -> float:
+def run_package_command(command: list[str], what: str) -> float:
     """Runs a package command (this checkout's code); returns seconds taken."""
     start = time.perf_counter()
     env = dict(os.environ, PYTHONPATH=str(ROOT))
@@ -177,7 +177,7 @@ def trained_export(workdir: pathlib.Path, config: str, overrides=()) -> pathlib.
     export = workdir / "export"
     if not checkpoint.export_metadata(export).exists():
         print(f"training {config} {' '.join(overrides)} into {workdir} ...", flush=True)
-        seconds = _run([sys.executable, "-m", "grepq_jax.main", f"--config={config}",
+        seconds = run_package_command([sys.executable, "-m", "grepq_jax.main", f"--config={config}",
                         f"--workdir={workdir}", *overrides], f"training {config}")
         print(f"  {seconds:.0f} s", flush=True)
     return export
@@ -186,7 +186,7 @@ def trained_export(workdir: pathlib.Path, config: str, overrides=()) -> pathlib.
 def model_folder(export: pathlib.Path, out: pathlib.Path) -> pathlib.Path:
     """The model folder of a training export (default pristine statistics)."""
     if not (out / "model.json").is_file():
-        _run([sys.executable, "-m", "grepq_jax.export", f"--low_level={export}",
+        run_package_command([sys.executable, "-m", "grepq_jax.export", f"--low_level={export}",
               f"--out={out}"], f"exporting {export}")
     return out
 
