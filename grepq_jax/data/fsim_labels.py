@@ -110,6 +110,11 @@ class LabelCache:
     def get(self, key: str) -> np.ndarray | None:
         return self._matrices.get(key)
 
+    def _warn_unwritable(self, error: OSError) -> None:
+        """A cache that cannot be written (a full disk) costs a warning, not the run."""
+        logging.warning("Cannot write the FSIM cache %s (%s); this run goes on with "
+                        "its labels in memory.", self._path, error.strerror or error)
+
     def discard(self, key: str):
         """Forgets a bad entry; the next `save` rewrites the file without it."""
         if self._matrices.pop(key, None) is not None:
@@ -127,9 +132,7 @@ class LabelCache:
             self._write(self._path.with_name(name), self._unsaved)
         except OSError as error:  # A full disk: keep the labels in memory.
             self._path.with_name(name).unlink(missing_ok=True)
-            logging.warning("Cannot write the FSIM cache %s (%s); this run "
-                            "goes on with its labels in memory.", self._path,
-                            error.strerror or error)
+            self._warn_unwritable(error)
             self._writer = False
             return
         self._parts.append(self._path.with_name(name))
@@ -148,9 +151,7 @@ class LabelCache:
             temporary.replace(self._path)
         except OSError as error:  # A full disk: the labels are in memory.
             temporary.unlink(missing_ok=True)
-            logging.warning("Cannot write the FSIM cache %s (%s); this run "
-                            "goes on with its labels in memory.", self._path,
-                            error.strerror or error)
+            self._warn_unwritable(error)
             return
         for part in self._parts:
             part.unlink(missing_ok=True)
