@@ -269,8 +269,8 @@ def write_photos(folder: pathlib.Path, count: int, sides: tuple[int, int]) -> st
 
 def label_pass(plan: Plan, photos: str, cache: pathlib.Path, workers: int):
     """(dataset, groups/s, programs compiled) of a whole label pass."""
-    from grepq_jax import fsim_bucketed  # pylint: disable=import-outside-toplevel
-    from grepq_jax.data import low_level as data  # pylint: disable=import-outside-toplevel
+    from grepq_jax.training.labels import fsim_bucketed  # pylint: disable=import-outside-toplevel
+    from grepq_jax.training.data import low_level_pipeline as data  # pylint: disable=import-outside-toplevel
 
     config = low_level_config(plan, photos, workers, "float32")
     before = fsim_bucketed.compiled_programs()
@@ -284,9 +284,9 @@ def label_pass(plan: Plan, photos: str, cache: pathlib.Path, workers: int):
 def part_low_step(plan: Plan, results: Results, scratch: Scratch):
     import jax  # pylint: disable=import-outside-toplevel
     from benchmarks import bench_train_step  # pylint: disable=import-outside-toplevel
-    from grepq_jax.data import low_level as data  # pylint: disable=import-outside-toplevel
-    from grepq_jax.data import stream  # pylint: disable=import-outside-toplevel
-    from grepq_jax.pathways import low_level  # pylint: disable=import-outside-toplevel
+    from grepq_jax.training.data import low_level_pipeline as data  # pylint: disable=import-outside-toplevel
+    from grepq_jax.training.data import stream  # pylint: disable=import-outside-toplevel
+    from grepq_jax.training.pathways import low_level  # pylint: disable=import-outside-toplevel
 
     photos = write_photos(scratch.folder / "photos_512", plan.fed_photos, plan.fed_sides)
     cache = scratch.folder / "cache_512"
@@ -382,9 +382,9 @@ def part_label_pass(plan: Plan, results: Results, scratch: Scratch):
 
 
 def rn50_arch_and_variables(plan: Plan, position_embedding: str = "resize"):
-    from grepq_jax import high_level_export  # pylint: disable=import-outside-toplevel
+    from grepq_jax.formats import high_level_export  # pylint: disable=import-outside-toplevel
     from grepq_jax.models import clip_rn50  # pylint: disable=import-outside-toplevel
-    from grepq_jax.stand_ins import tiny_clip_rn50  # pylint: disable=import-outside-toplevel
+    from grepq_jax.training.stand_ins import tiny_clip_rn50  # pylint: disable=import-outside-toplevel
 
     if plan.rn50_arch == "rn50":  # OpenAI's RN50 image tower (38.3M parameters)
         arch = clip_rn50.ModifiedResNetArch(layers=(3, 4, 6, 3), width=64, heads=32,
@@ -416,7 +416,9 @@ def part_rn50_step(plan: Plan, results: Results, scratch: Scratch):
 def part_scoring(plan: Plan, results: Results, scratch: Scratch):
     import numpy as np  # pylint: disable=import-outside-toplevel
     from benchmarks import bench_scoring  # pylint: disable=import-outside-toplevel
-    from grepq_jax import export, high_level_export, score  # pylint: disable=import-outside-toplevel
+    from grepq_jax.scoring import packing  # pylint: disable=import-outside-toplevel
+    from grepq_jax.scoring.api import create_scorer  # pylint: disable=import-outside-toplevel
+    from grepq_jax.formats import high_level_export  # pylint: disable=import-outside-toplevel
     from grepq_jax.models import clip  # pylint: disable=import-outside-toplevel
 
     folder = scratch.folder / "scoring"
@@ -430,7 +432,7 @@ def part_scoring(plan: Plan, results: Results, scratch: Scratch):
         prompt_embeddings=prompts.astype(np.float32), mean=clip.OPENAI_MEAN,
         std=clip.OPENAI_STD, prompts=(("a good photo.", "a bad photo."),),
         dtype="float32", step=0)
-    export.export_model(folder / "model", low_level=str(folder / "low"),
+    packing.export_model(folder / "model", low_level=str(folder / "low"),
                         high_level=str(folder / "high"))
     images = bench_scoring.photographs(plan.score_images, *plan.score_size)
     def scores(scorer):
@@ -441,7 +443,7 @@ def part_scoring(plan: Plan, results: Results, scratch: Scratch):
         return [r.score for r in results]
 
     for row, mode in (("score_low_level", "zero_shot_low"), ("score_rn50", "zero_shot_high")):
-        scorer = score.create_scorer(folder / "model", mode)
+        scorer = create_scorer(folder / "model", mode)
         seconds = bench_scoring.timed(lambda s=scorer: scores(s), plan.score_runs)
         results.fill(row, images_per_s=len(images) / seconds, images=len(images),
                      size=f"{plan.score_size[1]}x{plan.score_size[0]}",

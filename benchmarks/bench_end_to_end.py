@@ -9,7 +9,7 @@ every epoch; then runs the training step (`torch_peer.PeerTrainer`). Its
 loader here gets the same versions ours generates, written to disk as PNG.
 
 grepq_jax runs its own pipeline: pristine images, seeded distortions, FSIM
-matrices from `grepq_jax.fsim` computed once per group when the dataset is
+matrices from `grepq_jax.training.labels.fsim` computed once per group when the dataset is
 built (then reused every epoch), fragments in a prefetch thread or in
 `--our_workers` processes, and the trainer's jitted `train_step`. Checkpointing and logging are left out on both
 sides (the original saves a checkpoint every iteration).
@@ -51,11 +51,11 @@ import torch  # noqa: E402
 
 from benchmarks import torch_peer  # noqa: E402
 from configs import low_level as low_level_config  # noqa: E402
-from grepq_jax import sharding  # noqa: E402
-from grepq_jax import train  # noqa: E402
-from grepq_jax.data import corpus  # noqa: E402
-from grepq_jax.data import images  # noqa: E402
-from grepq_jax.pathways import low_level  # noqa: E402
+from grepq_jax.training import sharding  # noqa: E402
+from grepq_jax.training import trainer  # noqa: E402
+from grepq_jax.formats import corpus  # noqa: E402
+from grepq_jax.formats import images  # noqa: E402
+from grepq_jax.training.pathways import low_level  # noqa: E402
 
 
 def parse_args():
@@ -263,11 +263,11 @@ def run_ours(args, workdir, path):
     batch_sharding = NamedSharding(mesh, P("data"))
     steps_per_epoch = -(-pathway.num_examples // args.groups)
     total = (args.epochs + 1) * steps_per_epoch
-    optimizer, _ = train.make_optimizer(config.optim, steps_per_epoch, total)
-    state = train.create_train_state(
+    optimizer, _ = trainer.make_optimizer(config.optim, steps_per_epoch, total)
+    state = trainer.create_train_state(
         pathway.init_variables(jax.random.key(0)), optimizer, replicated
     )
-    step_fn = train.make_step_fn(pathway.objective, optimizer, mesh)
+    step_fn = trainer.make_step_fn(pathway.objective, optimizer, mesh)
     batches = pathway.dataset.iterate(
         0,
         total,

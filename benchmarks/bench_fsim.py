@@ -30,7 +30,7 @@ import skimage.data  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from grepq_jax.fsim import fsim_matrix  # noqa: E402
+from grepq_jax.training.labels.fsim import fsim_matrix  # noqa: E402
 
 JAX_RUNS, PIQ_RUNS = 7, 3
 

@@ -1,6 +1,6 @@
 """Training throughput of the high-level step on the CPU, and its FLOPs.
 
-The step is the trainer's own `train.train_step` around the high-level
+The step is the trainer's own `trainer.train_step` around the high-level
 pathway's `group_contrastive_objective`: a CLIP image tower on a batch of
 224x224 crops, in-batch pseudo-labels against two prompt embeddings, the
 group-contrastive loss on the best and worst groups, Adam. The tower is a
@@ -30,10 +30,10 @@ import numpy as np  # noqa: E402
 
 from benchmarks.bench_scoring import B32_CLIP, SMALL_CLIP  # noqa: E402
 from configs import high_level as high_level_config  # noqa: E402
-from grepq_jax import sharding  # noqa: E402
-from grepq_jax import train  # noqa: E402
+from grepq_jax.training import sharding  # noqa: E402
+from grepq_jax.training import trainer  # noqa: E402
 from grepq_jax.models import clip, heads  # noqa: E402
-from grepq_jax.pathways import high_level  # noqa: E402
+from grepq_jax.training.pathways import high_level  # noqa: E402
 
 
 def main():
@@ -71,9 +71,9 @@ def main():
     )
     mesh = sharding.make_mesh(1)
     replicated, sharded = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
-    optimizer, _ = train.make_optimizer(config.optim, 100, 1000)
-    state = train.create_train_state({"params": params}, optimizer, replicated)
-    step = train.make_step_fn(objective, optimizer, mesh)
+    optimizer, _ = trainer.make_optimizer(config.optim, 100, 1000)
+    state = trainer.create_train_state({"params": params}, optimizer, replicated)
+    step = trainer.make_step_fn(objective, optimizer, mesh)
     images = np.random.default_rng(0).normal(
         size=(args.batch, size, size, 3)).astype(np.float32)
     batch = sharding.global_batch({"image": images}, sharded)

@@ -48,13 +48,13 @@ import ml_collections  # noqa: E402
 import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from grepq_jax import distortions  # noqa: E402
-from grepq_jax import fsim  # noqa: E402
-from grepq_jax import fsim_bucketed  # noqa: E402
-from grepq_jax.data import corpus  # noqa: E402
-from grepq_jax.data import fsim_labels  # noqa: E402
-from grepq_jax.data import images  # noqa: E402
-from grepq_jax.data import low_level  # noqa: E402
+from grepq_jax.training.labels import distortions  # noqa: E402
+from grepq_jax.training.labels import fsim  # noqa: E402
+from grepq_jax.training.labels import fsim_bucketed  # noqa: E402
+from grepq_jax.formats import corpus  # noqa: E402
+from grepq_jax.training.labels import fsim_labels  # noqa: E402
+from grepq_jax.formats import images  # noqa: E402
+from grepq_jax.training.data import low_level_pipeline as low_level  # noqa: E402
 
 
 def write_corpus(folder: str, count: int, low: int, high: int, seed: int = 0):

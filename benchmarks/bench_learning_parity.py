@@ -152,14 +152,14 @@ def model_folder(side: str, trained: pathlib.Path, pristine_dir: pathlib.Path,
 
 def pristine_sets(out: pathlib.Path, args) -> dict:
     """Label -> list of (H, W, 3) float images, for the sensitivity columns."""
-    from grepq_jax import export  # pylint: disable=import-outside-toplevel
-    sets = {"training photos, full size": list(export.pristine_images(None, []))}
+    from grepq_jax.scoring import packing
+    sets = {"training photos, full size": list(packing.pristine_images(None, []))}
     if args.other_pristine:
         for side in (256, 512):
             folder = predistorted_corpus.write_pristine_folder(
                 out / f"other_pristine_{side}",
                 predistorted_corpus.folder_sources(args.other_pristine, side))
-            sets[f"other photos, {side} px"] = list(export.pristine_images(str(folder), []))
+            sets[f"other photos, {side} px"] = list(packing.pristine_images(str(folder), []))
     return sets
 
 

@@ -6,7 +6,7 @@ images and distortions never seen) is tested on synthetic data:
 
 - Held-out photographs: real photographs that ship inside installed packages
   and are in neither the embedded training corpus nor the default pristine
-  set (both are grepq_jax/data/corpus.py's EMBEDDED_PHOTOGRAPHS); HELD_OUT
+  set (both are grepq_jax/formats/corpus.py's EMBEDDED_PHOTOGRAPHS); HELD_OUT
   below lists them. The right view of scikit-image's stereo motorcycle is left
   out too: its left view is in the corpus. Each is shrunk (Lanczos) to at most
   --max_side px and made RGB; that is its reference.
@@ -71,7 +71,8 @@ import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 from scipy import stats  # noqa: E402
 
-from grepq_jax import checkpoint, distortions  # noqa: E402
+from grepq_jax.formats import checkpoint
+from grepq_jax.training.labels import distortions  # noqa: E402
 
 LEVELS = tuple(range(distortions.NUM_LEVELS + 1))  # 0: the reference
 
@@ -116,7 +117,7 @@ def _webp(image, level, rng):
 
 
 # Families the default training set ("livefb") has none of. All but WebP are
-# KADID-10k types from grepq_jax.distortions (their docstrings say how).
+# KADID-10k types from grepq_jax.training.labels.distortions (their docstrings say how).
 UNSEEN = {
     "jpeg2000": distortions.jpeg2000,
     "webp": _webp,
@@ -206,7 +207,7 @@ def niqe_method(cache):
 def fsim_method():
     import jax  # pylint: disable=import-outside-toplevel
     import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
-    from grepq_jax import fsim  # pylint: disable=import-outside-toplevel
+    from grepq_jax.training.labels import fsim  # pylint: disable=import-outside-toplevel
 
     compiled = jax.jit(fsim.fsim)  # once per image shape; eager FSIM is slow
 

@@ -45,7 +45,7 @@ import torch  # noqa: E402
 from clip import model as openai_model  # noqa: E402
 
 from grepq_jax.models import clip_rn50  # noqa: E402
-from grepq_jax.models.clip_rn50_convert import convert_modified_resnet  # noqa: E402
+from grepq_jax.formats.pytorch.clip_rn50_keys import convert_modified_resnet  # noqa: E402
 
 _spec = importlib.util.spec_from_file_location(
     "make_rn50_reference", ROOT / "tests" / "fixtures" / "make_rn50_reference.py")

@@ -6,7 +6,7 @@
     /work/venv-ref/bin/python benchmarks/bench_rn50_train_step.py --quick  # smoke run
 
 Needs torch and the `clip` package (clip-anytorch) for the peer. Ours is the
-trainer's own step (`train.make_step_fn` around the high-level pathway's
+trainer's own step (`trainer.make_step_fn` around the high-level pathway's
 `group_contrastive_objective`, as `configs/high_level.py:paper` runs it); the
 peer is train_hlm.py's iteration restated (benchmarks/torch_peer_high_level.py).
 Both sides: OpenAI's RN50 image tower (38.3M parameters) with the same seeded
@@ -43,11 +43,11 @@ import numpy as np  # noqa: E402
 from jax.sharding import NamedSharding, PartitionSpec as P  # noqa: E402
 
 from configs import high_level as high_level_config  # noqa: E402
-from grepq_jax import sharding  # noqa: E402
-from grepq_jax import train  # noqa: E402
+from grepq_jax.training import sharding  # noqa: E402
+from grepq_jax.training import trainer  # noqa: E402
 from grepq_jax.models import clip, clip_rn50, heads  # noqa: E402
-from grepq_jax.models.clip_rn50_convert import convert_modified_resnet  # noqa: E402
-from grepq_jax.pathways import high_level  # noqa: E402
+from grepq_jax.formats.pytorch.clip_rn50_keys import convert_modified_resnet  # noqa: E402
+from grepq_jax.training.pathways import high_level  # noqa: E402
 
 STEPS_PER_EPOCH = 4  # with the paper's 2.5 warm-up epochs: 10 warm-up steps
 WARMUP_STEPS = round(2.5 * STEPS_PER_EPOCH)
@@ -97,16 +97,16 @@ def jax_step(arch, variables, inputs, group_size):
         label_temperature=config.loss.label_temperature, temperature=config.loss.temperature,
         train_head=config.model.train_head)
     mesh = sharding.make_mesh(1)
-    optimizer, _ = train.make_optimizer(config.optim, STEPS_PER_EPOCH, 100 * STEPS_PER_EPOCH)
+    optimizer, _ = trainer.make_optimizer(config.optim, STEPS_PER_EPOCH, 100 * STEPS_PER_EPOCH)
     head_params = {"Dense_0": {"kernel": inputs["head_weight"].T, "bias": inputs["head_bias"]}}
-    state = train.create_train_state(
+    state = trainer.create_train_state(
         {"params": {"encoder": variables["params"], "head": head_params},
          "batch_stats": {"encoder": variables["batch_stats"]}},
         optimizer, NamedSharding(mesh, P()))
     batch = sharding.global_batch({"image": inputs["crops"].transpose(0, 2, 3, 1)},
                                NamedSharding(mesh, P("data")))
     start = time.perf_counter()
-    step = train.make_step_fn(objective, optimizer, mesh).lower(state, batch).compile()
+    step = trainer.make_step_fn(objective, optimizer, mesh).lower(state, batch).compile()
     compile_seconds = time.perf_counter() - start
 
     def run():

@@ -4,8 +4,8 @@ for TPU pod slices?
 By default on 8 simulated CPU devices (XLA's host platform split 8 ways; they
 share this machine's cores, so times are CPU times, not accelerator ones):
 
-1. the compiled step alone: the trainer's own `train.train_step`, jitted as
-   `train.train_and_evaluate` jits it, on the paper's shapes (ResNet-18,
+1. the compiled step alone: the trainer's own `trainer.train_step`, jitted as
+   `trainer.train_and_evaluate` jits it, on the paper's shapes (ResNet-18,
    groups of 9 versions x 2 views of 7x7 fragments of 32 px = 224 px), the
    global batch sharded, one group per device: s/step, groups/s, images/s;
 2. the input pipeline alone, the real `LowLevelDataset` on the embedded
@@ -43,10 +43,10 @@ from jax.sharding import NamedSharding, PartitionSpec as P  # noqa: E402
 import numpy as np  # noqa: E402
 
 from configs import low_level as low_level_config  # noqa: E402
-from grepq_jax import sharding  # noqa: E402
-from grepq_jax import train  # noqa: E402
-from grepq_jax.data import low_level as low_level_data  # noqa: E402
-from grepq_jax.pathways import low_level  # noqa: E402
+from grepq_jax.training import sharding  # noqa: E402
+from grepq_jax.training import trainer  # noqa: E402
+from grepq_jax.training.data import low_level_pipeline as low_level_data  # noqa: E402
+from grepq_jax.training.pathways import low_level  # noqa: E402
 
 VERSIONS = 9  # the paper's groups: a pristine image and 8 distorted versions
 SIMULATED_DEVICES = 8
@@ -123,15 +123,15 @@ def make_step(config, mesh):
     objective = functools.partial(
         low_level.quality_aware_objective, model=model, tau=config.loss.tau
     )
-    optimizer, _ = train.make_optimizer(config.optim, 1000, 1000)
+    optimizer, _ = trainer.make_optimizer(config.optim, 1000, 1000)
     replicated = NamedSharding(mesh, P())
     batch_sharding = NamedSharding(mesh, P("data"))
     side = config.data.fragment_grid * config.data.fragment_size
     variables = jax.jit(model.init, static_argnames="train")(
         jax.random.key(0), np.zeros((1, side, side, 3), np.float32), train=False
     )
-    state = train.create_train_state(variables, optimizer, replicated)
-    step_fn = train.make_step_fn(objective, optimizer, mesh, xla_defaults=True)
+    state = trainer.create_train_state(variables, optimizer, replicated)
+    step_fn = trainer.make_step_fn(objective, optimizer, mesh, xla_defaults=True)
     return step_fn, state, batch_sharding
 
 
@@ -195,15 +195,15 @@ def measure_pipeline(config) -> tuple:
     return dataset, rates
 
 
-def fed_seconds_per_step(step_fn, state, dataset, sharding, batch_size, steps):
+def fed_seconds_per_step(step_fn, state, dataset, batch_sharding, batch_size, steps):
     """s/step of the step fed by the trainer's prefetching iterator (warm)."""
     batches = dataset.iterate(0, steps + 1, batch_size, prefetch=2)
     _, first = next(batches)
-    state, _ = step_fn(state, sharding.global_batch(first, sharding))
+    state, _ = step_fn(state, sharding.global_batch(first, batch_sharding))
     jax.block_until_ready(state)
     start = time.perf_counter()
     for _, batch in batches:
-        state, _ = step_fn(state, sharding.global_batch(batch, sharding))
+        state, _ = step_fn(state, sharding.global_batch(batch, batch_sharding))
     jax.block_until_ready(state)
     return (time.perf_counter() - start) / steps, state
 
@@ -211,9 +211,9 @@ def fed_seconds_per_step(step_fn, state, dataset, sharding, batch_size, steps):
 def measure_step(config, dataset, rates, args) -> dict:
     """Times the compiled step alone and fed; returns its cost figures."""
     mesh = sharding.make_mesh(0)
-    step_fn, state, sharding = make_step(config, mesh)
+    step_fn, state, batch_sharding = make_step(config, mesh)
     groups = config.batch_size
-    batch = sharding.global_batch(dataset.batch(0, groups), sharding)
+    batch = sharding.global_batch(dataset.batch(0, groups), batch_sharding)
     start = time.perf_counter()
     compiled, step_flops = compile_step(step_fn, state, batch)
     device_flops = step_flops / jax.device_count()
@@ -227,7 +227,7 @@ def measure_step(config, dataset, rates, args) -> dict:
     one_step()
     step_s = timed_median(one_step, args.repeats, args.steps)
     fed_s, state = fed_seconds_per_step(
-        compiled, state, dataset, sharding, groups, args.repeats * args.steps
+        compiled, state, dataset, batch_sharding, groups, args.repeats * args.steps
     )
     images = groups * VERSIONS * 2
     print(

@@ -65,10 +65,12 @@ import ml_collections  # noqa: E402
 import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from grepq_jax import checkpoint, export, score  # noqa: E402
+from grepq_jax.formats import checkpoint
+from grepq_jax.scoring import api
+from grepq_jax.scoring import packing
 from grepq_jax.scoring import zero_shot  # noqa: E402
 from grepq_jax.models import clip  # noqa: E402
-from grepq_jax.pathways import low_level as low_level_pathway  # noqa: E402
+from grepq_jax.training.pathways import low_level as low_level_pathway  # noqa: E402
 
 HEIGHT, WIDTH = 384, 512
 LOW_LEVEL_MODEL = {
@@ -152,11 +154,9 @@ def torch_low_level():
 
 def write_low_level_export(directory, torch_model=None, model_config=None):
     if torch_model is not None:
-        from grepq_jax.models import (
-            torch_convert,
-        )  # pylint: disable=import-outside-toplevel
+        from grepq_jax.formats.pytorch import resnet_weights  # pylint: disable=import-outside-toplevel
 
-        tree = torch_convert.convert_grepq_low_level(
+        tree = resnet_weights.convert_grepq_low_level(
             {k: v.numpy() for k, v in torch_model.state_dict().items()}
         )
     else:
@@ -215,7 +215,7 @@ def torch_high_level(arch, model_folder):
 
 def photographs(count, height, width):
     """(count, H, W, 3) float32 in [0, 1]: crops of real photographs, all different."""
-    from grepq_jax.data import corpus  # pylint: disable=import-outside-toplevel
+    from grepq_jax.formats import corpus  # pylint: disable=import-outside-toplevel
 
     names = list(corpus.EMBEDDED_PHOTOGRAPHS)
     out = []
@@ -280,8 +280,8 @@ def throughput(args, model_folder, torch_models):
         f"throughput: {len(images)} images of {WIDTH}x{HEIGHT}, median of {args.runs} "
         f"runs after a warm-up; jax {jax.__version__} on {jax.devices()[0].platform}"
     )
-    low = score.create_scorer(model_folder, "zero_shot_low")
-    high = score.create_scorer(model_folder, "zero_shot_high")
+    low = api.create_scorer(model_folder, "zero_shot_low")
+    high = api.create_scorer(model_folder, "zero_shot_high")
     ours = {
         "low": lambda: [r.score for r in low.score_many(images)],
         "high": lambda: [r.score for r in high.score_many(images)],
@@ -396,8 +396,8 @@ def huge_memory(args, scratch):
     write_high_level_export(scratch / "huge_high", HUGE_CLIP)
     folders = {"low-level only": scratch / "huge_model_low",
                "zero_shot (both)": scratch / "huge_model_both"}
-    export.export_model(folders["low-level only"], low_level=str(scratch / "huge_low"))
-    export.export_model(folders["zero_shot (both)"], low_level=str(scratch / "huge_low"),
+    packing.export_model(folders["low-level only"], low_level=str(scratch / "huge_low"))
+    packing.export_model(folders["zero_shot (both)"], low_level=str(scratch / "huge_low"),
                         high_level=str(scratch / "huge_high"))
     print(f"peak memory on huge images: copies of one {width}x{height} JPEG "
           f"({source.stat().st_size / 2**20:.1f} MiB), `python -m grepq_jax.score` with "
@@ -438,7 +438,7 @@ def standard_runs(args, scratch):
     write_low_level_export(scratch / "low", torch_low)
     write_high_level_export(scratch / "high", arch)
     model_folder = scratch / "model"
-    export.export_model(
+    packing.export_model(
         model_folder,
         low_level=str(scratch / "low"),
         high_level=str(scratch / "high"),

@@ -21,7 +21,7 @@ import tempfile
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from configs import low_level as low_level_config  # noqa: E402
-from grepq_jax import train  # noqa: E402
+from grepq_jax.training import trainer  # noqa: E402
 
 
 def parse_args():
@@ -53,7 +53,7 @@ def one_run(args) -> float:
     config.log_every_steps = args.log_every
     config.checkpoint_every_steps = 10 * args.steps
     with tempfile.TemporaryDirectory() as workdir:
-        train.train_and_evaluate(config, workdir)
+        trainer.train_and_evaluate(config, workdir)
         rates = steps_per_second(os.path.join(workdir, "tensorboard"))
     return statistics.median(rates[1:])
 

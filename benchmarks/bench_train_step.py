@@ -2,8 +2,8 @@
 
 One step is what the paper trains with: 8 groups x 9 versions x 2 views at
 224x224 (144 images), ResNet-18 + MLP head, the quality-aware contrastive loss
-(tau 0.5), AdamW, float32. Our side is the trainer's own `train.train_step`,
-jitted the way `train.train_and_evaluate` jits it, compiled twice: as XLA
+(tau 0.5), AdamW, float32. Our side is the trainer's own `trainer.train_step`,
+jitted the way `trainer.train_and_evaluate` jits it, compiled twice: as XLA
 compiles it by default, and with XLA's own convolutions in place of YNNPACK's
 (a compiler option, same arithmetic). The peer is `torch_peer.PeerTrainer`,
 the original PyTorch iteration, in channels-last memory format (its faster
@@ -40,10 +40,10 @@ from jax.sharding import NamedSharding, PartitionSpec as P  # noqa: E402
 import numpy as np  # noqa: E402
 
 from configs import low_level as low_level_config  # noqa: E402
-from grepq_jax import sharding  # noqa: E402
-from grepq_jax import train  # noqa: E402
-from grepq_jax.models import torch_convert  # noqa: E402
-from grepq_jax.pathways import low_level  # noqa: E402
+from grepq_jax.training import sharding  # noqa: E402
+from grepq_jax.training import trainer  # noqa: E402
+from grepq_jax.formats.pytorch import resnet_weights  # noqa: E402
+from grepq_jax.training.pathways import low_level  # noqa: E402
 
 VERSIONS = 9  # the paper's group: a pristine image and 8 distorted versions
 VIEWS = 2  # anchor and augmented view of every version
@@ -127,7 +127,7 @@ def random_batch(
 
 def converted_weights(torch_state_dict) -> dict:
     """The peer's weights as our low-level model's variables."""
-    return torch_convert.convert_grepq_low_level(
+    return resnet_weights.convert_grepq_low_level(
         {k: v.numpy() for k, v in torch_state_dict.items()}
     )
 
@@ -148,15 +148,15 @@ class JaxSide:
         objective = functools.partial(
             low_level.quality_aware_objective, model=model, tau=config.loss.tau
         )
-        optimizer, _ = train.make_optimizer(
+        optimizer, _ = trainer.make_optimizer(
             config.optim, SCHEDULE_STEPS, SCHEDULE_STEPS
         )
         mesh = sharding.make_mesh(1)
         replicated = NamedSharding(mesh, P())
         self.batch_sharding = NamedSharding(mesh, P("data"))
-        self.state = train.create_train_state(variables, optimizer, replicated)
+        self.state = trainer.create_train_state(variables, optimizer, replicated)
         self.batch = sharding.global_batch(batch, self.batch_sharding)
-        step_fn = train.make_step_fn(
+        step_fn = trainer.make_step_fn(
             objective, optimizer, mesh, xla_defaults=xla_defaults
         )
         start = time.perf_counter()

@@ -5,7 +5,7 @@ Both sides of bench_learning_parity.py read these files: grepq_jax with
 the original's data loader through data_read_utils.py:26-37, which lists the
 groups in ROOT/LIVE_FB_synthetic/LIVEFB.csv (column `im_loc`) and reads the
 folder `<stem>.bmp` of each. A group folder holds the reference and its 8
-"livefb" versions (4 families x 2 levels, grepq_jax.distortions) as PNG,
+"livefb" versions (4 families x 2 levels, grepq_jax.training.labels.distortions) as PNG,
 named so that sorted order puts the reference first.
 """
 import csv
@@ -16,8 +16,8 @@ import sys
 import numpy as np
 from PIL import Image
 
-from grepq_jax import distortions
-from grepq_jax.data import corpus, images
+from grepq_jax.training.labels import distortions
+from grepq_jax.formats import corpus, images
 
 DATASET = "LIVE_FB_synthetic"  # data_read_utils.py:26
 INDEX_FILE = "LIVEFB.csv"  # data_read_utils.py:29

@@ -37,8 +37,8 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 import bench_quality  # noqa: E402
-from grepq_jax import checkpoint  # noqa: E402
-from grepq_jax.data import corpus  # noqa: E402
+from grepq_jax.formats import checkpoint  # noqa: E402
+from grepq_jax.formats import corpus  # noqa: E402
 from grepq_jax.scoring import pristine, zero_shot  # noqa: E402
 from grepq_jax.scoring.encoders import LowLevelEncoder  # noqa: E402
 from grepq_jax.scoring.patches import cut_patches  # noqa: E402

@@ -104,7 +104,7 @@ repo="$(cd "$here/.." && pwd)"
 tarball="${TMPDIR:-/tmp}/grepq_jax_${name}_$$.tar.gz"
 ((dry_run)) || trap 'rm -f "$tarball"' EXIT
 # Run folders are left out only at the top (as .gitignore does): an unanchored
-# 'workdir*' would drop grepq_jax/workdir_lock.py too.
+# 'workdir*' would drop grepq_jax/training/workdir_lock.py too.
 run tar -czf "$tarball" -C "$repo" --exclude=.git --exclude=.whl \
   --exclude=.pytest_cache --exclude='*.egg-info' --exclude=__pycache__ \
   --anchored --exclude=./runs --exclude='./workdir*' --exclude=./.venv --no-anchored .

@@ -7,7 +7,7 @@ and the export's description) and google-cloud-storage (Orbax asks it about
 the bucket). What the runs leave in the bucket is read back through the
 emulator's own JSON API, not through the clients under test.
 
-The training run is the one of test_faults.py (12 steps, a checkpoint each
+The training run is the one of training/test_faults.py (12 steps, a checkpoint each
 step, 3 kept), killed after its third save (held before step 5 by
 tests/gated_main.py) and run again: it must end with the parameters of an
 uninterrupted local run, bit for bit.
@@ -19,12 +19,15 @@ import jax
 import numpy as np
 import pytest
 
-from grepq_jax import checkpoint, export, score, train
-from grepq_jax.data import corpus
+from grepq_jax.formats import checkpoint
+from grepq_jax.scoring import api
+from grepq_jax.scoring import packing
+from grepq_jax.training import trainer
+from grepq_jax.formats import corpus
 from conftest import params_of, read_scalars
-import gcs_emulator
-from run_main import Child, child_env
-from test_faults import TOTAL_STEPS, resumed_from, run_command, tiny_config
+from support import gcs_emulator
+from support.run_main import Child, child_env
+from support.interrupted_runs import TOTAL_STEPS, resumed_from, run_command, tiny_config
 
 WORKDIR = "gs://bucket/run"
 
@@ -52,7 +55,7 @@ def committed_steps(gcs) -> list[int]:
 def uninterrupted(photo_folder, tmp_path_factory):
     """(workdir, state) of the same run on local disk, never stopped."""
     workdir = tmp_path_factory.mktemp("local_run")
-    state = train.train_and_evaluate(tiny_config(photo_folder), str(workdir))
+    state = trainer.train_and_evaluate(tiny_config(photo_folder), str(workdir))
     assert int(state.step) == TOTAL_STEPS
     return workdir, state
 
@@ -156,14 +159,14 @@ def test_a_model_packaged_from_the_gs_export_scores_like_the_local_one(
     gcs, killed_and_resumed, uninterrupted, tmp_path
 ):
     # Same process, same programs: the scores must be equal, exactly.
-    export.export_model(tmp_path / "model", low_level=f"{WORKDIR}/export")
+    packing.export_model(tmp_path / "model", low_level=f"{WORKDIR}/export")
     local_workdir, _ = uninterrupted
-    export.export_model(tmp_path / "local_model",
+    packing.export_model(tmp_path / "local_model",
                         low_level=str(local_workdir / "export"))
     photograph = corpus.load_embedded_photograph("skimage:astronaut")
     images = [photograph[:160, :200], photograph[100:260, 200:400]]
-    from_gs = score.create_scorer(tmp_path / "model")
-    from_local = score.create_scorer(tmp_path / "local_model")
+    from_gs = api.create_scorer(tmp_path / "model")
+    from_local = api.create_scorer(tmp_path / "local_model")
     assert [from_gs.score(p) for p in images] == [
         from_local.score(p) for p in images
     ]
@@ -174,12 +177,12 @@ def test_a_model_packaged_from_the_gs_export_scores_like_the_local_one(
     # tensorstore refuses the local path ".../gs:/bucket/...", which
     # checkpoint.write_export reports as a CheckpointError.
     raises=(ValueError, checkpoint.CheckpointError),
-    reason="export.export_model and quality_model read and write model "
+    reason="packing.export_model and quality_model read and write model "
     "folders with pathlib, which turns gs://b/m into the local path gs:/b/m",
 )
 def test_a_model_folder_on_gs(gcs, killed_and_resumed, tmp_path, monkeypatch):
     """What train's closing message suggests: --out and --model on gs://."""
     monkeypatch.chdir(tmp_path)
-    export.export_model("gs://bucket/model", low_level=f"{WORKDIR}/export")
+    packing.export_model("gs://bucket/model", low_level=f"{WORKDIR}/export")
     assert "model/model.json" in gcs.names("model/")
-    assert score.create_scorer("gs://bucket/model").score_range == (0.0, 0.5)
+    assert api.create_scorer("gs://bucket/model").score_range == (0.0, 0.5)

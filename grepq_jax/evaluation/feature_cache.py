@@ -16,8 +16,8 @@ import sys
 import numpy as np
 import tqdm
 
-from grepq_jax import output_files
-from grepq_jax.data import images
+from grepq_jax.formats import output_files
+from grepq_jax.formats import images
 from grepq_jax.evaluation import iqa_datasets
 from grepq_jax.scoring import model_folder as folder_format
 from grepq_jax.scoring import quality_model as qm

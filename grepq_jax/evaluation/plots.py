@@ -2,7 +2,7 @@
 images, and one split's test predictions against the true scores."""
 import numpy as np
 
-from grepq_jax import output_files
+from grepq_jax.formats import output_files
 from grepq_jax.evaluation import correlation
 from grepq_jax.evaluation import regression
 from grepq_jax.evaluation.feature_cache import DatasetFeatures

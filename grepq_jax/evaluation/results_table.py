@@ -6,7 +6,7 @@ import pathlib
 
 import numpy as np
 
-from grepq_jax import output_files
+from grepq_jax.formats import output_files
 from grepq_jax.evaluation import correlation
 from grepq_jax.evaluation import regression
 from grepq_jax.evaluation.feature_cache import DatasetFeatures

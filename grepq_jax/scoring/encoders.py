@@ -23,7 +23,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from grepq_jax import checkpoint, cli
+from grepq_jax.formats import checkpoint
+from grepq_jax.formats.paths import absolute
 from grepq_jax.scoring import zero_shot
 from grepq_jax.models import clip, clip_rn50
 from grepq_jax.models import low_level as low_level_model
@@ -110,7 +111,7 @@ def read_checked_export(directory, pathway: str) -> tuple[dict, dict, str]:
     one line naming the folder.
     """
     # Orbax wants absolute paths; epath reads gs:// too.
-    directory = epath.Path(cli.absolute(os.fspath(directory)))
+    directory = epath.Path(absolute(os.fspath(directory)))
     meta_path, tree_path = checkpoint.export_metadata(directory), directory / EXPORT_TREE
     if not meta_path.is_file():
         raise ModelFolderError(f"{meta_path} is missing")

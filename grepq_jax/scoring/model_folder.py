@@ -2,7 +2,7 @@
 and adding a regressor. `grepq export` (export.py) packages a folder;
 `QualityModel.load` (quality_model.py) reads one through this module.
 
-A model folder (written by `grepq_jax.export`) holds:
+A model folder (written by `grepq_jax.commands.export`) holds:
 
     model.json               {"format_version", "low_level", "high_level",
                               "regressor"}: what is present; "zero_shot":
@@ -33,7 +33,7 @@ import pathlib
 
 import numpy as np
 
-from grepq_jax import checkpoint, output_files
+from grepq_jax.formats import checkpoint, output_files
 from grepq_jax.scoring import pristine
 from grepq_jax.scoring.encoders import LowLevelEncoder, ModelFolderError, read_json, require
 from grepq_jax.scoring.ridge import RidgeRegressor

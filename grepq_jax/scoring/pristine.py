@@ -26,7 +26,7 @@ from collections.abc import Callable, Iterable
 
 import numpy as np
 
-from grepq_jax.data import images
+from grepq_jax.formats import images
 from grepq_jax.scoring.patches import cut_patches
 
 FeaturesFn = Callable[[np.ndarray], np.ndarray]

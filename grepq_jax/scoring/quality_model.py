@@ -37,12 +37,10 @@ from typing import Any
 
 import numpy as np
 
-from grepq_jax.data import images as image_files
+from grepq_jax.formats import images as image_files
 from grepq_jax.scoring import patches, pristine, quality_map, zero_shot
 from grepq_jax.scoring.encoders import HighLevelEncoder, LowLevelEncoder
-from grepq_jax.scoring.model_folder import (
-    HIGH_LEVEL_DIR, LOW_LEVEL_DIR, LOW_LEVEL_FEATURES, read_description,
-    read_pristine_statistics, read_regressor, read_regressor_info)
+from grepq_jax.scoring.model_folder import HIGH_LEVEL_DIR, LOW_LEVEL_DIR, LOW_LEVEL_FEATURES, read_description, read_pristine_statistics, read_regressor, read_regressor_info
 from grepq_jax.scoring.ridge import RidgeRegressor
 
 _MIN_LOW_LEVEL_SIDE = 32  # LowLevelModel's documented minimum.
@@ -128,7 +126,7 @@ class QualityModel:
 
     @classmethod
     def load(cls, folder, *, chunk: int = 64) -> "QualityModel":
-        """Rebuilds the model written by `grepq_jax.export` into `folder`, checked.
+        """Rebuilds the model written by `grepq_jax.commands.export` into `folder`, checked.
 
         chunk: at most this many low-level patches go through at once
         (bounds memory on very large images; does not change scores).

@@ -15,8 +15,7 @@ Scores are higher for better quality.
 import numpy as np
 
 from grepq_jax.scoring.patches import iter_patch_chunks, patch_grid
-from grepq_jax.scoring.pristine import (FeaturesFn, PristineStatistics, features_in_chunks,
-                                        fit_gaussian)
+from grepq_jax.scoring.pristine import FeaturesFn, PristineStatistics, features_in_chunks, fit_gaussian
 
 
 def gaussian_distance(mu_r: np.ndarray, cov_r: np.ndarray, mu_t: np.ndarray,

@@ -1,0 +1,322 @@
+"""Evaluates a model folder on an IQA dataset: zero-shot and data-efficient.
+
+    python -m grepq_jax.evaluate --model=models/grepq --dataset=koniq10k \
+        --root=/data/koniq10k --out=results/koniq --num_train=25,50,100,200
+
+Writes into --out (and nowhere else, unless --fit_regressor_into_model):
+  features_<dataset>.npz  every image's zero-shot scores and features (both
+                          low-level kinds), computed once (whole image, own
+                          resolution) and reused by the next run with the
+                          same model and dataset (keyed by a hash of both),
+                          whatever the protocol options
+  results.csv, results.md SROCC / PLCC: median, interquartile range and std
+                          over the splits (zero-shot: the whole dataset);
+                          results.md also states the split protocol, the
+                          features, the mapping and any image skipped
+  srocc_vs_labels.png     median SROCC (bars: quartiles) against the number
+                          of labelled images, zero-shot SROCC as lines
+  predicted_vs_true.png   test predictions against the true scores, for the
+                          split whose SROCC is the median (of an even count
+                          of splits: the lower middle one) at the largest
+                          number of labelled images; its title says which
+  skipped.csv             images that could not be used, and why (if any;
+                          their count and this file are also printed)
+
+The features and their cache are made in evaluation/feature_cache.py, the
+table in evaluation/results_table.py, the figures in evaluation/plots.py.
+
+Scores are oriented so higher is better: a dataset whose scores fall with
+quality (LIVE's or CSIQ's DMOS) is read as low + high - score on its
+nominal range. The data-efficient protocol fits a ridge (alpha from
+{0.1, 1, 10, 100} by 5-fold CV inside the training images) on n labelled
+images and tests it, over --splits seeded splits:
+- authentic-distortion datasets (no image has a reference: KonIQ-10k,
+  CLIVE, FLIVE, SPAQ, AGIQA-3K, a CSV without a reference column) are split
+  by image: n images drawn at random, all the others tested;
+- synthetic-distortion datasets (LIVE, CSIQ, TID2013, KADID-10k, a CSV
+  with a reference column) are split by reference, so that no content is
+  both trained on and tested: round(0.2 R) (at least 1) of the R references
+  are drawn and all their images are the test set; the n labelled images
+  are drawn from the images of the other references (the rest of those are
+  unused). An image without a reference counts as its own.
+The table's "split by" column says which; "n test" is then the median
+test-set size over the splits.
+Features: the high-level embedding joined with the low-level 128-d head
+output (--features=projection, the paper's code) or the 512-d pooled
+encoder features (--features=pooled), of the encoders the model has. PLCC
+is computed after the mapping named by --mapping (poly3: the paper's code;
+logistic4: the VQEG four-parameter logistic); results.md says which.
+
+Each file is written under a temporary name and renamed when complete; a
+file --out would receive that is the model folder's or a dataset's image is
+refused before any work.
+
+Exit status: 0 done; 2 a usage or input error (bad flag, dataset layout,
+model folder, too many labelled images, an output onto an input), in one
+line; 1 a failure while running (too few usable images, with why the others
+were skipped; scores that do not vary, so no correlation is defined; a full
+disk; anything unexpected), in one line, an unexpected one's traceback kept
+in --out/traceback.txt.
+"""
+import os
+import json
+import pathlib
+import sys
+import traceback
+
+from absl import flags
+from absl import logging
+
+from grepq_jax.commands import cli
+from grepq_jax.formats.paths import absolute
+from grepq_jax import errors
+from grepq_jax.formats import output_files
+from grepq_jax.evaluation import correlation
+from grepq_jax.evaluation import feature_cache
+from grepq_jax.evaluation import iqa_datasets
+from grepq_jax.evaluation import plots
+from grepq_jax.evaluation import regression
+from grepq_jax.evaluation import results_table
+from grepq_jax.scoring import model_folder as folder_format
+from grepq_jax.scoring import quality_model as qm
+
+
+def fit_regressor_into_model(model_folder, model: qm.QualityModel,
+                             features: feature_cache.DatasetFeatures,
+                             dataset: iqa_datasets.IqaDataset, kind: str, *,
+                             seed: int) -> regression.RidgeRegressor:
+    """Ridge (CV alpha) on every usable image, written into the model folder."""
+    ridge = regression.fit_ridge_cv(features.regression_features(kind), features.quality,
+                                    seed=seed)
+    info = {"features": kind, "parts": model.parts, "dataset": dataset.name,
+            "score_kind": dataset.score_kind,
+            "dataset_higher_is_better": dataset.higher_is_better,
+            "orientation": "score" if dataset.higher_is_better else "low + high - score",
+            "score_range": list(features.score_range),
+            "num_images": len(features.quality), "alpha": ridge.alpha, "seed": seed}
+    folder_format.write_regressor(model_folder, ridge, info)
+    return ridge
+
+
+# Command line ----------------------------------------------------------------
+
+FLAGS = flags.FlagValues()
+_MODEL = flags.DEFINE_string("model", None, "The model folder (grepq_jax.commands.export).",
+                             required=True, flag_values=FLAGS)
+_DATASET = flags.DEFINE_enum("dataset", None, list(iqa_datasets.DATASETS),
+                             "The dataset's reader.", required=True, flag_values=FLAGS)
+_ROOT = flags.DEFINE_string("root", None, "The dataset's folder.", required=True,
+                            flag_values=FLAGS)
+_DATASET_ARGS = flags.DEFINE_string(
+    "dataset_args", "{}", 'Keyword arguments of the reader, as a JSON object, e.g. '
+    '\'{"higher_is_better": false}\' for a generic CSV of DMOS.', flag_values=FLAGS)
+_NUM_TRAIN = flags.DEFINE_list("num_train", ["50"], "Numbers of labelled images, "
+                               "e.g. 25,50,100,200.", flag_values=FLAGS)
+_SPLITS = flags.DEFINE_integer("splits", 10, "Random splits per number.", lower_bound=1,
+                               flag_values=FLAGS)
+_MAPPING = flags.DEFINE_enum("mapping", "poly3", ["poly3", "logistic4"],
+                             "PLCC's mapping.", flag_values=FLAGS)
+_FEATURES = flags.DEFINE_enum("features", "projection", list(folder_format.LOW_LEVEL_FEATURES),
+                              "Low-level features for the regressor.", flag_values=FLAGS)
+_CROSS_DATASET = flags.DEFINE_enum("cross_dataset", None, list(iqa_datasets.DATASETS),
+                                   "Also fit on --dataset, test on this one.",
+                                   flag_values=FLAGS)
+_CROSS_ROOT = flags.DEFINE_string("cross_root", None, "The cross dataset's folder.",
+                                  flag_values=FLAGS)
+_CROSS_DATASET_ARGS = flags.DEFINE_string("cross_dataset_args", "{}",
+                                          "As --dataset_args, for --cross_dataset.",
+                                          flag_values=FLAGS)
+_OUT = flags.DEFINE_string("out", None, "Folder for the results and feature caches.",
+                           required=True, flag_values=FLAGS)
+_FIT_REGRESSOR = flags.DEFINE_bool(
+    "fit_regressor_into_model", False, "Fit a ridge on every usable image of --dataset "
+    "and write it into --model (for score --mode=regressor).", flag_values=FLAGS)
+_SEED = flags.DEFINE_integer("seed", 0, "Seed of the splits and CV folds.", flag_values=FLAGS)
+_BATCH_SIZE = flags.DEFINE_integer("batch_size", 8, "Images held and encoded together.",
+                                   lower_bound=1, flag_values=FLAGS)
+_CHUNK = flags.DEFINE_integer("chunk", 64, "Low-level patches through the encoder at once.",
+                              lower_bound=1, flag_values=FLAGS)
+
+
+def _load_dataset(name: str, root: str, args_json: str, flag: str):
+    try:
+        kwargs = json.loads(args_json)
+    except json.JSONDecodeError as error:
+        raise ValueError(f"--{flag} is not JSON: {error}") from None
+    if not isinstance(kwargs, dict):
+        raise ValueError(f"--{flag} must be a JSON object, got {args_json!r}")
+    return iqa_datasets.load_iqa_dataset(name, root, **kwargs)
+
+
+def _num_train() -> list[int]:
+    try:
+        counts = sorted({int(n) for n in _NUM_TRAIN.value})
+    except ValueError:
+        raise ValueError(f"--num_train must be integers, got {_NUM_TRAIN.value}") from None
+    if not counts:
+        raise ValueError("--num_train needs at least one number")
+    return counts
+
+
+def evaluate(model_folder, dataset: iqa_datasets.IqaDataset, out, *,
+             num_train=(50,), splits: int = 10, mapping: str = "poly3",
+             features: str = "projection",
+             cross_dataset: iqa_datasets.IqaDataset | None = None,
+             fit_regressor: bool = False, seed: int = 0, batch_size: int = 8,
+             chunk: int = 64) -> list[dict]:
+    """Runs the protocols and writes everything the module docstring lists.
+
+    Returns the table's rows (as results.csv).
+    """
+    out, model_folder = pathlib.Path(out), pathlib.Path(model_folder)
+    num_train = sorted(set(num_train))
+    groups = feature_cache.reference_groups([item.reference for item in dataset.items])
+    for n in num_train:  # Before any encoding; checked again on the usable images.
+        regression.check_num_train(n, len(dataset.items), groups=groups)
+    model = qm.QualityModel.load(model_folder, chunk=chunk)
+    out.mkdir(parents=True, exist_ok=True)
+    notes = [note for d in (dataset, cross_dataset) if d is not None for note in d.notes]
+    for note in notes:
+        print(f"note: {note}", file=sys.stderr)
+    main_features = feature_cache.dataset_features(model, model_folder, dataset,
+                                                   out / f"features_{dataset.name}.npz",
+                                                   batch_size=batch_size)
+    all_features = [main_features]
+    rows = results_table.zero_shot_rows(main_features, mapping)
+    results = results_table.data_efficient(main_features, features, num_train=num_train,
+                                           splits=splits, mapping=mapping, seed=seed)
+    method = results_table.regressor_name(model.parts, features)
+    rows += results_table.data_efficient_rows(results, main_features, method, mapping)
+    if cross_dataset is not None:
+        tag = cross_dataset.name + ("_cross" if cross_dataset.name == dataset.name else "")
+        cross_features = feature_cache.dataset_features(model, model_folder, cross_dataset,
+                                                        out / f"features_{tag}.npz",
+                                                        batch_size=batch_size)
+        all_features.append(cross_features)
+        rows += results_table.zero_shot_rows(cross_features, mapping)
+        rows.append(results_table.cross_dataset_row(main_features, cross_features, features,
+                                                    method, mapping=mapping, seed=seed))
+    results_table.write_csv(rows, out / "results.csv")
+    results_table.write_markdown(rows, out / "results.md", model_folder=model_folder,
+                                 mapping=mapping, kind=features, parts=model.parts, seed=seed,
+                                 datasets=all_features, notes=notes)
+    if any(f.skipped for f in all_features):
+        results_table.write_skipped(all_features, out / "skipped.csv")
+        for f in all_features:
+            if f.skipped:
+                print(f"{f.dataset}: {len(f.skipped)} of {len(f.skipped) + len(f.names)} "
+                      f"images skipped (unreadable or too small), listed in "
+                      f"{out / 'skipped.csv'}", file=sys.stderr)
+    else:
+        (out / "skipped.csv").unlink(missing_ok=True)  # From an earlier run.
+    zero_shot = [row for row in rows if row["protocol"] == "zero_shot"
+                 and row["test_dataset"] == dataset.name]
+    split_by = next(iter(results.values())).split_by
+    plots.plot_srocc_vs_labels(results, zero_shot,
+                               f"{dataset.name}: {method}, split by {split_by}",
+                               out / "srocc_vs_labels.png")
+    plots.plot_predicted_vs_true(main_features, features, results[num_train[-1]], mapping,
+                                 out / "predicted_vs_true.png")
+    if fit_regressor:
+        fit_regressor_into_model(model_folder, model, main_features, dataset, features,
+                                 seed=seed)
+    return rows
+
+
+REPORT_FILES = ("results.csv", "results.md", "skipped.csv", "srocc_vs_labels.png",
+                "predicted_vs_true.png", "traceback.txt")
+
+
+def check_outputs(model_folder, out, datasets) -> None:
+    """errors.UsageError if a file evaluate writes into `out` is the model
+    folder's, a dataset's image, or another output."""
+    inputs = [output_files.Place(f"--model={model_folder}", model_folder, folder=True)]
+    inputs += [output_files.Place(f"the {dataset.name} image {item.name}", item.path)
+               for dataset in datasets for item in dataset.items]
+    names = list(REPORT_FILES) + [f"features_{dataset.name}.npz" for dataset in datasets]
+    output_files.check_no_clash(inputs, [
+        output_files.Place(f"--out={out} ({name})", os.path.join(out, name))
+        for name in names])
+
+
+def _evaluate_from_flags() -> list[dict]:
+    dataset = _load_dataset(_DATASET.value, absolute(_ROOT.value), _DATASET_ARGS.value,
+                            "dataset_args")
+    cross = None
+    if _CROSS_DATASET.value:
+        if not _CROSS_ROOT.value:
+            raise ValueError("--cross_dataset needs --cross_root")
+        cross = _load_dataset(_CROSS_DATASET.value, absolute(_CROSS_ROOT.value),
+                              _CROSS_DATASET_ARGS.value, "cross_dataset_args")
+    check_outputs(_MODEL.value, _OUT.value, [d for d in (dataset, cross) if d is not None])
+    return evaluate(absolute(_MODEL.value), dataset, absolute(_OUT.value),
+                    num_train=_num_train(),
+                    splits=_SPLITS.value, mapping=_MAPPING.value, features=_FEATURES.value,
+                    cross_dataset=cross, fit_regressor=_FIT_REGRESSOR.value,
+                    seed=_SEED.value, batch_size=_BATCH_SIZE.value, chunk=_CHUNK.value)
+
+
+# A mistake in the flags, the dataset or the model folder (exit status 2).
+_USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError,
+                ImportError)
+
+
+def _report_failure(error: Exception, out: str) -> None:
+    """One line on stderr; the traceback into out/traceback.txt if possible."""
+    kept = ""
+    try:
+        path = pathlib.Path(out) / "traceback.txt"
+        output_files.write_text(path, traceback.format_exc())
+        kept = f" (traceback in {path})"
+    except (OSError, errors.RunFailure):
+        pass
+    print(f"evaluation failed: {type(error).__name__}: {error}{kept}", file=sys.stderr)
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) > 1:
+        print(f"unexpected arguments: {argv[1:]}", file=sys.stderr)
+        return 2
+    logging.set_verbosity(logging.WARNING)  # Orbax logs every read at INFO.
+    try:
+        rows = _evaluate_from_flags()
+    except (feature_cache.EvaluationFailure, correlation.UndefinedCorrelation,
+            errors.RunFailure) as error:  # RunFailure: a full disk.
+        print(f"evaluation failed: {error}", file=sys.stderr)
+        return 1
+    except _USER_ERRORS as error:
+        print(f"evaluation failed: {error}", file=sys.stderr)
+        return 2
+    except OSError as error:
+        failure = errors.disk_full(error, error.filename or absolute(_OUT.value))
+        if failure is None:
+            _report_failure(error, absolute(_OUT.value))
+        else:
+            print(f"evaluation failed: {failure}", file=sys.stderr)
+        return 1
+    except Exception as error:  # pylint: disable=broad-except
+        _report_failure(error, absolute(_OUT.value))
+        return 1
+    print(results_table.markdown_table(rows), file=sys.stderr)
+    print(f"results in {absolute(_OUT.value)}: results.csv, results.md, "
+          "srocc_vs_labels.png, predicted_vs_true.png", file=sys.stderr)
+    return 0
+
+
+USAGE = """\
+usage: grepq evaluate --model=DIR --dataset=NAME --root=DIR --out=DIR [flags]
+       (or python -m grepq_jax.evaluate ...)
+
+Zero-shot and data-efficient evaluation of a model folder on an IQA dataset.
+
+example:
+  grepq evaluate --model=models/grepq --dataset=koniq10k --root=/data/koniq10k \
+      --num_train=25,50,100,200 --out=results/koniq"""
+
+
+def run_command() -> None:
+    cli.run(main, FLAGS, USAGE)
+
+
+if __name__ == "__main__":
+    run_command()
