@@ -71,7 +71,7 @@ import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 from scipy import stats  # noqa: E402
 
-from grepq_jax.formats import checkpoint
+from grepq_jax.formats import encoder_export
 from grepq_jax.training.labels import distortions  # noqa: E402
 
 LEVELS = tuple(range(distortions.NUM_LEVELS + 1))  # 0: the reference
@@ -176,7 +176,7 @@ def run_package_command(command: list[str], what: str) -> float:
 def trained_export(workdir: pathlib.Path, config: str, overrides=()) -> pathlib.Path:
     """WORKDIR/export, training `config` into workdir first if it has none."""
     export = workdir / "export"
-    if not checkpoint.export_metadata(export).exists():
+    if not (pathlib.Path(export) / encoder_export.METADATA).exists():
         print(f"training {config} {' '.join(overrides)} into {workdir} ...", flush=True)
         seconds = run_package_command([sys.executable, "-m", "grepq_jax.main", f"--config={config}",
                         f"--workdir={workdir}", *overrides], f"training {config}")

@@ -65,7 +65,7 @@ import ml_collections  # noqa: E402
 import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from grepq_jax.formats import checkpoint
+from grepq_jax.formats import encoder_export
 from grepq_jax.scoring import api
 from grepq_jax.scoring import packing
 from grepq_jax.scoring import zero_shot  # noqa: E402
@@ -167,7 +167,7 @@ def write_low_level_export(directory, torch_model=None, model_config=None):
         tree = jax.jit(model.init, static_argnames="train")(
             jax.random.key(0), jnp.zeros((1, 32, 32, 3)), train=False
         )
-    checkpoint.write_export(
+    encoder_export.write(
         str(directory),
         dict(tree),
         {"pathway": "low_level", "model": model_config or LOW_LEVEL_MODEL, "step": 0},
@@ -181,7 +181,7 @@ def write_high_level_export(directory, arch):
     )["params"]
     prompts = np.random.default_rng(0).standard_normal((1, 2, arch.embed_dim))
     prompts /= np.linalg.norm(prompts, axis=-1, keepdims=True)
-    checkpoint.write_export(
+    encoder_export.write(
         str(directory),
         {"encoder": params, "prompt_embeddings": prompts.astype(np.float32)},
         {
@@ -205,7 +205,7 @@ def torch_high_level(arch, model_folder):
         load_flax_weights_in_pytorch_model,
     )
 
-    tree, _ = checkpoint.read_export(str(model_folder / "high_level"))
+    tree, _ = encoder_export.read(str(model_folder / "high_level"))
     model = CLIPVisionModelWithProjection(arch.hf_config()).eval()
     return load_flax_weights_in_pytorch_model(model, tree["encoder"])
 

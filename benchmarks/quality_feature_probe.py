@@ -37,7 +37,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 import bench_quality  # noqa: E402
-from grepq_jax.formats import checkpoint  # noqa: E402
+from grepq_jax.formats import encoder_export
 from grepq_jax.formats import corpus  # noqa: E402
 from grepq_jax.scoring import pristine, zero_shot  # noqa: E402
 from grepq_jax.scoring.encoders import LowLevelEncoder  # noqa: E402
@@ -119,7 +119,7 @@ def main() -> None:
     exports = {}
     for item in args.exports:
         label, _, export = item.partition("=")
-        if not (label and checkpoint.export_metadata(export).is_file()):
+        if not (label and (pathlib.Path(export) / encoder_export.METADATA).is_file()):
             parser.error(f"{item}: expected LABEL=EXPORT_DIR, a training run's export")
         exports[label] = export
     families = {**bench_quality.UNSEEN, **bench_quality.TRAINING}

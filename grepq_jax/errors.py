@@ -10,6 +10,12 @@ class UsageError(ValueError):
     workdir. The command exits 2."""
 
 
+class InputError(UsageError):
+    """A file or folder given as input (an encoder export, a model folder, a
+    weights file, an image, a dataset's table) that is missing, incomplete,
+    damaged or of another kind; the message names it and the key. Exit 2."""
+
+
 class RunFailure(RuntimeError):
     """The run failed for a reason outside the user's input: a checkpoint
     that cannot be written or loaded, a non-finite loss. Exit 1."""

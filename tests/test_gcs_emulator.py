@@ -19,6 +19,7 @@ import jax
 import numpy as np
 import pytest
 
+from grepq_jax.formats import encoder_export
 from grepq_jax.formats import checkpoint
 from grepq_jax.scoring import api
 from grepq_jax.scoring import packing
@@ -118,7 +119,7 @@ def test_a_killed_gs_run_resumes_and_ends_bit_for_bit(
 ):
     kept, log = killed_and_resumed
     assert resumed_from(log) == kept
-    tree, meta = checkpoint.read_export(f"{WORKDIR}/export")
+    tree, meta = encoder_export.read(f"{WORKDIR}/export")
     assert meta["step"] == TOTAL_STEPS
     _, state = uninterrupted
     jax.tree.map(np.testing.assert_array_equal, tree["params"], params_of(state))

@@ -153,7 +153,7 @@ def main(argv: list[str]) -> int:
             absolute(model_cache.resolve(_MODEL.value)), _MODE.value, batch_size=_BATCH_SIZE.value,
             chunk=_CHUNK.value, batch_pixels=_BATCH_PIXELS.value,
             max_pixels=_MAX_PIXELS.value)
-    except ValueError as error:  # ModelFolderError, or a mode the model cannot do.
+    except ValueError as error:  # errors.InputError, or a mode the model cannot do.
         print(f"cannot score with {_MODEL.value}: {printable(str(error))}",
               file=sys.stderr)
         return 2

@@ -10,8 +10,10 @@ from pathlib import Path
 import numpy as np
 import scipy.io
 
+from grepq_jax import errors
 
-class IqaLayoutError(ValueError):
+
+class IqaLayoutError(errors.InputError):
     """A dataset file that does not match its layout; names file and row."""
 
 

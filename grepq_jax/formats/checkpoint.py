@@ -19,7 +19,6 @@ free) rather than by each of Orbax's writing tasks.
 
 import collections
 import errno
-import json
 import os
 import re
 import shutil
@@ -30,21 +29,11 @@ from absl import logging
 from etils import epath
 import jax
 from jax.experimental import multihost_utils
-import numpy as np
 import orbax.checkpoint as ocp
 
 from grepq_jax.formats import checkpoint_digest
 from grepq_jax.formats.paths import absolute
 from grepq_jax import errors
-
-# An encoder export (write_export): the tree folder and the metadata file.
-EXPORT_TREE = "params"
-EXPORT_METADATA = "encoder.json"
-# The metadata's name in exports written before it was encoder.json (when a
-# model folder's description was model.json too); still read where
-# encoder.json is absent.
-OLD_EXPORT_METADATA = "model.json"
-
 
 class CheckpointError(errors.RunFailure):
     """A checkpoint could not be written or read; the message names the path
@@ -92,7 +81,7 @@ def _megabytes(count: float) -> str:
     return f"{count / 1e6:.1f} MB"
 
 
-def _failure(what: str, directory, tree: Any, error: BaseException, *,
+def write_failure(what: str, directory, tree: Any, error: BaseException, *,
              elsewhere: str = "use another --workdir") -> str:
     """One line for a failed write of `tree` into `directory`; `elsewhere`
     says how to write somewhere else."""
@@ -266,7 +255,7 @@ class TrainCheckpoints:
             return saved
         except Exception as error:  # Orbax and tensorstore raise many kinds.
             self._failed = True
-            raise CheckpointError(_failure(
+            raise CheckpointError(write_failure(
                 f"save the checkpoint of step {step}", self.directory, state,
                 error)) from error
 
@@ -295,80 +284,8 @@ class TrainCheckpoints:
             self._manager.wait_until_finished()
             self._manager.check_for_errors()
         except Exception as error:  # As in save.
-            raise CheckpointError(_failure(
+            raise CheckpointError(write_failure(
                 "save the last checkpoint", self.directory, None, error)
             ) from error
         finally:
             self._manager.close()
-
-
-def write_export(directory: str, tree: Any, metadata: dict[str, Any]) -> None:
-    """Writes `tree` (arrays) and `metadata` (JSON-able) as one folder."""
-    directory = epath.Path(absolute(directory))
-    directory.mkdir(parents=True, exist_ok=True)
-    if jax.process_count() > 1:
-        # Orbax refuses arrays that live on one process's devices (constants
-        # each process computed, like prompt embeddings); as host arrays,
-        # process 0 writes them.
-        tree = jax.tree.map(
-            lambda a: (
-                np.asarray(a)
-                if isinstance(a, jax.Array) and a.is_fully_addressable
-                else a
-            ),
-            tree,
-        )
-    drop_closed_loop_noise()
-    # The metadata marks the export complete: gone while the tree is written.
-    if jax.process_index() == 0:
-        (directory / EXPORT_METADATA).unlink(missing_ok=True)
-    try:
-        checkpointer = ocp.StandardCheckpointer()
-        checkpointer.save(directory / EXPORT_TREE, tree, force=True)
-        checkpointer.wait_until_finished()
-        if jax.process_index() == 0:
-            temporary = directory / f".{EXPORT_METADATA}.tmp"
-            temporary.write_text(json.dumps(metadata, indent=2))
-            temporary.rename(directory / EXPORT_METADATA)
-    except Exception as error:  # Orbax and tensorstore raise many kinds.
-        raise CheckpointError(
-            _failure("write the export", directory, tree, error,
-                     elsewhere="write it to another folder")) from error
-
-
-def export_metadata(directory) -> epath.Path:
-    """The metadata file of the export in `directory`: encoder.json, or an
-    older export's model.json when only that is there."""
-    directory = epath.Path(directory)
-    path, old = directory / EXPORT_METADATA, directory / OLD_EXPORT_METADATA
-    return old if not path.exists() and old.exists() else path
-
-
-def read_export(directory: str) -> tuple[Any, dict[str, Any]]:
-    """The tree and metadata written by `write_export`.
-
-    The arrays land on this process's first device, whatever the number of
-    devices and processes that trained and saved them (a pod slice's export
-    is read on a laptop).
-    """
-    directory = epath.Path(absolute(directory))
-    meta_path = export_metadata(directory)
-    if not meta_path.exists():
-        raise FileNotFoundError(
-            f"{directory} is not an export: no {EXPORT_METADATA}"
-        )
-    checkpointer = ocp.StandardCheckpointer()
-    stored = checkpointer.metadata(directory / EXPORT_TREE).item_metadata
-    if stored is None:  # Orbax says nothing of a folder it did not finish.
-        raise CheckpointError(
-            f"{directory / EXPORT_TREE}: no Orbax metadata; the export is "
-            "damaged or incomplete")
-    stored = stored.tree
-    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-    target = jax.tree.map(
-        lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=device),
-        stored,
-    )
-    tree = checkpointer.restore(directory / EXPORT_TREE, target)
-    return tree, json.loads(meta_path.read_text())
-

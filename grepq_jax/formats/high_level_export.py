@@ -2,8 +2,8 @@
 
 The one owner of the format. The high-level training run writes it
 (pathways/high_level.py), and so does `grepq convert` from PyTorch files;
-`read` loads either tower. Stored with `checkpoint.write_export` (the tree in
-params/, the metadata in encoder.json):
+`read` loads either tower and checks it array by array. An encoder export
+(encoder_export.py: the tree in params/, the metadata in encoder.json):
 
     tree      {"encoder": the tower's variables (below),
                "prompt_embeddings": (P, 2, D) float32, L2-normalised, [:, 0] good}
@@ -16,30 +16,30 @@ params/, the metadata in encoder.json):
     clip_vit    clip.ClipImageEncoder's params               ClipVisionArch fields
     clip_rn50   {"params", "batch_stats"} of                 ModifiedResNetArch fields
                 clip_rn50.ModifiedResNet
-
-Exports written before "encoder" was recorded hold a clip_vit.
 """
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from etils import epath
 import jax
 import jax.numpy as jnp
-from flax.traverse_util import flatten_dict
+import numpy as np
+from flax.traverse_util import flatten_dict, unflatten_dict
 
-from grepq_jax.formats import checkpoint
-from grepq_jax.models import clip, clip_rn50
+from grepq_jax import errors
+from grepq_jax.formats import encoder_export
+from grepq_jax.formats.encoder_export import require
 from grepq_jax.formats.pytorch import resnet_weights
+from grepq_jax.models import clip, clip_rn50
+from grepq_jax.models.dtypes import DTYPES
 
 ENCODERS = ("clip_vit", "clip_rn50")
 _ARCHES = {"clip_vit": lambda fields: clip.ClipVisionArch(**fields),
            "clip_rn50": clip_rn50.ModifiedResNetArch.from_dict}
-
-
-class ExportError(ValueError):
-    """A folder that is not a high-level export; the message names it."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -111,32 +111,77 @@ def write(directory: str, *, encoder: str, arch, variables: dict, prompt_embeddi
         "dtype": dtype, "step": int(step), **extra,
     }
     stored = variables if encoder == "clip_rn50" else variables["params"]
-    checkpoint.write_export(directory, {"encoder": stored,
+    encoder_export.write(directory, {"encoder": stored,
                                         "prompt_embeddings": prompt_embeddings}, metadata)
     return metadata
 
 
-def from_tree(tree: dict, metadata: dict, source: str) -> HighLevelExport:
-    """From `checkpoint.read_export`'s (tree, metadata); `source` names it in errors."""
-    if metadata.get("pathway") != "high_level":
-        raise ExportError(f"{source}: not a high-level export (pathway "
-                          f"{metadata.get('pathway')!r})")
-    encoder = metadata.get("encoder", "clip_vit")
+_ARCH_INTS = {"clip_vit": ("image_size", "patch_size", "width", "layers", "heads", "mlp_dim",
+                            "embed_dim"),
+              "clip_rn50": ("width", "heads", "embed_dim", "image_size")}
+
+
+def _check_metadata(metadata: dict, source: str) -> str:
+    """The keys every high-level export's metadata has; returns its encoder."""
+    if require(metadata, "pathway", str, source) != "high_level":
+        raise errors.InputError(f"{source}: expected a high_level export, got pathway "
+                                f"{metadata['pathway']!r}")
+    encoder = require(metadata, "encoder", str, source)
     if encoder not in ENCODERS:
-        raise ExportError(f"{source}: unknown encoder {encoder!r}, expected one of {ENCODERS}")
-    try:
-        arch = _ARCHES[encoder](metadata["arch"])
-    except (KeyError, TypeError, ValueError) as err:
-        raise ExportError(f"{source}: bad 'arch' for {encoder}: {err}") from None
-    if set(tree) != {"encoder", "prompt_embeddings"}:
-        raise ExportError(f"{source}: holds {sorted(tree)}, expected encoder and "
-                          "prompt_embeddings")
-    variables = tree["encoder"] if encoder == "clip_rn50" else {"params": tree["encoder"]}
-    _check_variables(variables, variable_shapes(tower_module(encoder, arch)), source)
-    prompts = tree["prompt_embeddings"]
-    if prompts.ndim != 3 or prompts.shape[1:] != (2, arch.embed_dim):
-        raise ExportError(f"{source}: prompt_embeddings of shape {prompts.shape}, expected "
-                          f"(pairs, 2, {arch.embed_dim})")
+        raise errors.InputError(f"{source}: encoder must be one of {sorted(ENCODERS)}, "
+                                f"got {encoder!r}")
+    for key in ("mean", "std"):
+        values = require(metadata, key, list, source)
+        if len(values) != 3 or not all(isinstance(v, (int, float)) and math.isfinite(v)
+                                       and (key == "mean" or v > 0) for v in values):
+            raise errors.InputError(f"{source}: {key} must be 3 finite numbers"
+                                    f"{' > 0' if key == 'std' else ''}, got {values!r}")
+    if require(metadata, "dtype", str, source) not in DTYPES:
+        raise errors.InputError(f"{source}: dtype must be one of {sorted(DTYPES)}, "
+                                f"got {metadata['dtype']!r}")
+    fields = require(metadata, "arch", dict, source)
+    for key in _ARCH_INTS[encoder]:
+        require(fields, key, int, f"{source} (arch)", positive=True)
+    if encoder == "clip_rn50":
+        layers = require(fields, "layers", list, f"{source} (arch)")
+        if not all(isinstance(n, int) and not isinstance(n, bool) for n in layers):
+            raise errors.InputError(f"{source} (arch): layers must be integers, got {layers!r}")
+        require(fields, "position_embedding", str, f"{source} (arch)")
+    return encoder
+
+
+def _checked_prompts(prompts, embed_dim: int, source: str) -> np.ndarray:
+    prompts = np.asarray(prompts)
+    if prompts.ndim != 3 or prompts.shape[0] < 1 or prompts.shape[1:] != (2, embed_dim):
+        raise errors.InputError(f"{source}: prompt_embeddings must be (pairs, 2, "
+                                f"{embed_dim}), got {list(prompts.shape)}")
+    if not np.isfinite(prompts).all() or not (np.linalg.norm(prompts, axis=-1) > 0).all():
+        raise errors.InputError(f"{source}: prompt_embeddings must be finite and non-zero")
+    return prompts.astype(np.float32)
+
+
+def from_tree(tree: dict, metadata: dict, source: str) -> HighLevelExport:
+    """From `encoder_export.read`'s (tree, metadata), checked array by array.
+
+    source: the export's folder, named in errors (errors.InputError).
+    """
+    meta_source = str(epath.Path(source) / encoder_export.METADATA)
+    tree_source = f"{source}/{encoder_export.TREE}"
+    encoder = _check_metadata(metadata, meta_source)
+    arch = encoder_export.build(meta_source, "architecture",
+                               lambda: _ARCHES[encoder](metadata["arch"]))
+    if not isinstance(tree, dict) or not isinstance(tree.get("encoder"), dict):
+        raise errors.InputError(f"{tree_source}: no encoder tree, which the encoder in "
+                                f"{meta_source} needs")
+    stored = tree["encoder"]
+    variables = ({name: stored.get(name) for name in ("params", "batch_stats")}
+                 if encoder == "clip_rn50" else {"params": stored})
+    expected = encoder_export.build(meta_source, "encoder", lambda: unflatten_dict(
+        variable_shapes(tower_module(encoder, arch))))
+    encoder_export.check_tree(variables, expected, tree_source,
+                              f"the encoder in {meta_source}")
+    prompts = _checked_prompts(tree.get("prompt_embeddings", np.zeros(0)), arch.embed_dim,
+                               tree_source)
     return HighLevelExport(encoder, arch, variables, prompts, metadata)
 
 
@@ -149,24 +194,8 @@ def variable_shapes(module) -> dict:
     return flatten_dict(jax.eval_shape(lambda x: module.init(jax.random.key(0), x), images))
 
 
-def _check_variables(variables: dict, expected: dict, source: str) -> None:
-    """ExportError naming the first array missing, unexpected or of another shape."""
-    stored = flatten_dict(variables)
-    for path in sorted(expected.keys() | stored.keys()):
-        name = "/".join(path)
-        if path not in stored:
-            raise ExportError(f"{source}: the encoder lacks {name}, which its arch needs")
-        if path not in expected:
-            raise ExportError(f"{source}: the encoder's {name} is not in its arch")
-        if stored[path].shape != expected[path].shape:
-            raise ExportError(f"{source}: the encoder's {name} has shape {stored[path].shape}, "
-                              f"its arch needs {expected[path].shape}")
-
-
-def read(directory: str) -> HighLevelExport:
-    """The export in `directory` (absolute, or relative to the working directory).
-
-    Raises FileNotFoundError when `directory` holds no export, ExportError
-    when it holds another kind.
-    """
-    return from_tree(*checkpoint.read_export(directory), source=str(directory))
+def read(directory) -> HighLevelExport:
+    """The export in `directory` (local, relative to the current folder, or gs://),
+    checked; errors.InputError naming the file and key otherwise."""
+    tree, metadata, source = encoder_export.read_checked(directory, "high_level")
+    return from_tree(tree, metadata, source)

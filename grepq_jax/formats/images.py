@@ -28,6 +28,8 @@ from absl import logging
 import numpy as np
 from PIL import Image, ImageOps
 
+from grepq_jax import errors
+
 # GIF: the first frame, as Pillow decodes it.
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff",
                             ".webp", ".gif"})
@@ -37,7 +39,7 @@ MAX_PIXELS = 2 * Image.MAX_IMAGE_PIXELS
 _ALPHA_MODES = frozenset({"RGBA", "RGBa", "LA", "La", "PA"})
 
 
-class UnusableImageError(ValueError):
+class UnusableImageError(errors.InputError):
     """An image that cannot be used; the message says why."""
 
 

@@ -29,7 +29,7 @@ import tempfile
 
 import numpy as np
 
-from grepq_jax.formats import checkpoint
+from grepq_jax.formats import encoder_export
 from grepq_jax.scoring import packing
 from grepq_jax.formats.paths import absolute
 from grepq_jax.formats.pytorch import weight_files
@@ -86,7 +86,7 @@ def convert_low_level(path, out) -> dict:
     state_dict, iteration = read_low_level_checkpoint(path)
     tree, metadata = low_level_export_tree(state_dict, str(path))
     metadata.update(step=iteration, converted_from=absolute(str(path)))
-    checkpoint.write_export(str(out), tree, metadata)
+    encoder_export.write(str(out), tree, metadata)
     return metadata
 
 

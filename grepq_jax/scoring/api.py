@@ -213,7 +213,7 @@ def create_scorer(model_folder, mode: str | None = None, *, batch_size: int = 8,
     patches at once. None of these changes a score (the low-level score is
     bit-identical; whole-image outputs agree to float32 rounding).
     max_pixels: larger images are refused, each with its error. Raises
-    ModelFolderError (a ValueError) naming the file when the folder is
+    errors.InputError (a ValueError) naming the file when the folder is
     damaged. `model_folder` may be a name `grepq download` wrote ("grepq"),
     found in its cache unless a folder of that name is here.
     """

@@ -33,9 +33,12 @@ import pathlib
 
 import numpy as np
 
-from grepq_jax.formats import checkpoint, output_files
+from grepq_jax import errors
+from grepq_jax.formats import encoder_export
+from grepq_jax.formats import output_files
 from grepq_jax.scoring import pristine
-from grepq_jax.scoring.encoders import LowLevelEncoder, ModelFolderError, read_json, require
+from grepq_jax.formats.encoder_export import read_json, require
+from grepq_jax.scoring.encoders import LowLevelEncoder
 from grepq_jax.scoring.ridge import RidgeRegressor
 
 FORMAT_VERSION = 1
@@ -60,38 +63,36 @@ def _raise_encoder_export(folder: pathlib.Path, metadata: dict):
     """A training run's WORKDIR/export given where a model folder belongs: a
     common slip, answered with the command that packages it."""
     pathway = metadata.get("pathway", "low_level") if isinstance(metadata, dict) else "low_level"
-    raise ModelFolderError(
+    raise errors.InputError(
         f"{folder} is a training run's encoder export, not a model folder: package "
         f"it first with python -m grepq_jax.export --{pathway}={folder} --out=MODEL_FOLDER")
 
 
 def read_description(folder) -> dict:
-    """model.json of a model folder, checked; ModelFolderError otherwise.
+    """model.json of a model folder, checked; errors.InputError otherwise.
 
     Also checks that every file it lists is present.
     """
     folder = pathlib.Path(folder)
     path = folder / MODEL_JSON
     if (folder / UNFINISHED_MARKER).exists():
-        raise ModelFolderError(f"{folder} is an unfinished model folder (grepq export "
+        raise errors.InputError(f"{folder} is an unfinished model folder (grepq export "
                                "stopped before finishing it): run the export again with "
                                "the same --out, which replaces it")
     if not path.is_file():
-        if (folder / checkpoint.EXPORT_METADATA).is_file():
-            _raise_encoder_export(folder, read_json(folder / checkpoint.EXPORT_METADATA))
-        raise ModelFolderError(f"{folder} is not a model folder: no {MODEL_JSON} "
+        if (folder / encoder_export.METADATA).is_file():
+            _raise_encoder_export(folder, read_json(folder / encoder_export.METADATA))
+        raise errors.InputError(f"{folder} is not a model folder: no {MODEL_JSON} "
                                "(write one with python -m grepq_jax.export)")
     description, source = read_json(path), str(path)
-    if "pathway" in description and "format_version" not in description:
-        _raise_encoder_export(folder, description)  # an export from before encoder.json
     version = require(description, "format_version", int, source)
     if version != FORMAT_VERSION:
-        raise ModelFolderError(f"{path}: format_version {version!r}; this code "
+        raise errors.InputError(f"{path}: format_version {version!r}; this code "
                                f"reads {FORMAT_VERSION}")
     for key in ("low_level", "high_level", "regressor"):
         require(description, key, bool, source)
     if not (description["low_level"] or description["high_level"]):
-        raise ModelFolderError(f"{path}: lists no encoder (low_level and high_level "
+        raise errors.InputError(f"{path}: lists no encoder (low_level and high_level "
                                "are both false)")
     if description["low_level"]:
         settings = require(description, "zero_shot", dict, source)
@@ -103,20 +104,20 @@ def read_description(folder) -> dict:
     for part, names in expected.items():
         for name in names if description[part] else []:
             if not (folder / name).exists():
-                raise ModelFolderError(f"{path} lists {part}, but {folder / name} "
+                raise errors.InputError(f"{path} lists {part}, but {folder / name} "
                                        "is missing")
     return description
 
 
 def _read_npz(path: pathlib.Path, reader):
-    """reader(np.load(path)), with any failure as a ModelFolderError naming path."""
+    """reader(np.load(path)), with any failure as a errors.InputError naming path."""
     try:
         with np.load(path, allow_pickle=False) as arrays:
             return reader(arrays)
-    except ModelFolderError:
+    except errors.InputError:
         raise
     except Exception as error:  # zipfile, numpy and our own checks' errors.
-        raise ModelFolderError(f"{path}: {_reason(error)}") from None
+        raise errors.InputError(f"{path}: {_reason(error)}") from None
 
 
 def _reason(error: Exception) -> str:
@@ -133,10 +134,10 @@ def read_pristine_statistics(folder: pathlib.Path, low: LowLevelEncoder,
     stats = _read_npz(path, pristine.PristineStatistics.from_arrays)
     width = low.widths["projection"]
     if len(stats.mu) != width:
-        raise ModelFolderError(f"{path}: mu has {len(stats.mu)} features, but the "
+        raise errors.InputError(f"{path}: mu has {len(stats.mu)} features, but the "
                                f"low-level encoder gives {width}")
     if stats.patch_size != description["zero_shot"]["patch_size"]:
-        raise ModelFolderError(
+        raise errors.InputError(
             f"{path}: patch_size {stats.patch_size} differs from {folder / MODEL_JSON}'s "
             f"zero_shot.patch_size {description['zero_shot']['patch_size']}")
     return stats
@@ -147,16 +148,16 @@ def read_regressor_info(folder: pathlib.Path, parts: list[str]) -> dict:
     path = folder / REGRESSOR_JSON
     info, source = read_json(path), str(path)
     if require(info, "features", str, source) not in LOW_LEVEL_FEATURES:
-        raise ModelFolderError(f"{path}: features must be one of "
+        raise errors.InputError(f"{path}: features must be one of "
                                f"{sorted(LOW_LEVEL_FEATURES)}, got {info['features']!r}")
     if require(info, "parts", list, source) != parts:
-        raise ModelFolderError(f"{path}: the regressor reads {info['parts']}, but the "
+        raise errors.InputError(f"{path}: the regressor reads {info['parts']}, but the "
                                f"model holds {parts}")
     low, high = (require(info, "score_range", list, source) + [None, None])[:2]
     if not (len(info["score_range"]) == 2 and all(
             isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
             for v in (low, high)) and low < high):
-        raise ModelFolderError(f"{path}: score_range must be [low, high], two finite "
+        raise errors.InputError(f"{path}: score_range must be [low, high], two finite "
                                f"numbers with low < high, got {info['score_range']!r}")
     return info
 

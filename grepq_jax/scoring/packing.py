@@ -16,8 +16,9 @@ from collections.abc import Iterator
 from absl import logging
 import numpy as np
 
+from grepq_jax.formats import encoder_export
 from grepq_jax import errors
-from grepq_jax.formats import checkpoint, corpus, images, output_files
+from grepq_jax.formats import corpus, images, output_files
 from grepq_jax.scoring import encoders, model_folder, pristine
 
 
@@ -107,7 +108,7 @@ def _write_folder(out: pathlib.Path, exports: dict, stats, description: dict) ->
     (out / model_folder.UNFINISHED_MARKER).touch()
     try:
         for name, (tree, metadata) in exports.items():
-            checkpoint.write_export(str(out / name), tree, metadata)
+            encoder_export.write(str(out / name), tree, metadata)
         if stats is not None:
             with output_files.replacing(out / model_folder.PRISTINE_FILE, "wb") as file:
                 np.savez(file, **stats.to_arrays())
@@ -151,11 +152,11 @@ def export_model(out, *, low_level: str | None = None, high_level: str | None = 
                    "zero_shot": {"patch_size": patch_size, "stride": patch_size // 2}}
     exports, stats = {}, None
     if high_level:  # Each export is checked as a model folder would be.
-        tree, metadata, source = encoders.read_checked_export(high_level, "high_level")
+        tree, metadata, source = encoder_export.read_checked(high_level, "high_level")
         encoders.HighLevelEncoder.from_tree(tree, metadata, source=source)
         exports[model_folder.HIGH_LEVEL_DIR] = tree, metadata
     if low_level:
-        tree, metadata, source = encoders.read_checked_export(low_level, "low_level")
+        tree, metadata, source = encoder_export.read_checked(low_level, "low_level")
         encoder = encoders.LowLevelEncoder.from_tree(tree, metadata, chunk=chunk,
                                                      source=source)
         exports[model_folder.LOW_LEVEL_DIR] = tree, metadata

@@ -8,7 +8,7 @@ are rebuilt from their stored metadata. `QualityModel.load` checks all of it
 before returning (every file readable, every array of the shape, dtype and
 finiteness the metadata implies, every key present and sane, the widths of
 the statistics and the regressor equal to what the encoders give) and
-raises one ModelFolderError naming the file and key otherwise.
+raises one errors.InputError naming the file and key otherwise.
 
 Every image is used whole at its own resolution, never resized, and both
 encoders run in inference mode (BatchNorm's stored statistics), so an image's
@@ -130,7 +130,7 @@ class QualityModel:
 
         chunk: at most this many low-level patches go through at once
         (bounds memory on very large images; does not change scores).
-        Raises ModelFolderError naming the file and what is wrong.
+        Raises errors.InputError naming the file and what is wrong.
         """
         folder = pathlib.Path(folder).absolute()  # Orbax wants absolute paths.
         description = read_description(folder)

@@ -23,6 +23,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from grepq_jax import errors
 from grepq_jax.commands import cli, export, score
 from grepq_jax.scoring import batch
 from grepq_jax.scoring import api
@@ -30,7 +31,6 @@ from grepq_jax.scoring import packing
 from grepq_jax.scoring import pristine
 from grepq_jax.evaluation import regression
 from grepq_jax.scoring import zero_shot
-from grepq_jax.scoring import encoders
 from grepq_jax.scoring import quality_model as qm
 from grepq_jax.scoring.model_folder import write_regressor
 from grepq_jax.formats import corpus
@@ -105,7 +105,7 @@ def test_export_refuses_a_used_folder_and_no_encoder(tmp_path, low_level_export)
     assert (tmp_path / "used" / "keep.txt").read_text() == "mine"
     with pytest.raises(ValueError, match="at least one"):
         packing.export_model(tmp_path / "new")
-    with pytest.raises(encoders.ModelFolderError, match="no model.json"):
+    with pytest.raises(errors.InputError, match="no model.json"):
         qm.QualityModel.load(tmp_path / "used")
 
 

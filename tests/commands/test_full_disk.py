@@ -13,6 +13,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
+from grepq_jax.formats import encoder_export
 from grepq_jax.formats import checkpoint
 from support.run_main import REPO, TIMEOUT_S, child_env, main_command
 
@@ -60,13 +61,13 @@ def test_a_checkpoint_on_a_full_disk_is_one_line(small_disk, capfd):
 
 def test_an_export_on_a_full_disk_is_one_line(small_disk, capfd):
     with pytest.raises(checkpoint.CheckpointError) as raised:
-        checkpoint.write_export(str(small_disk / "export"), a_megabyte(), {"step": 1})
+        encoder_export.write(str(small_disk / "export"), a_megabyte(), {"step": 1})
     message = str(raised.value)
     assert message.startswith(
         f"no space left on device to write the export in {small_disk / 'export'}")
     assert "its arrays need about 1.0 MB" in message and "\n" not in message
     assert "Event loop is closed" not in capfd.readouterr().err
-    assert not (small_disk / "export" / checkpoint.EXPORT_METADATA).exists()
+    assert not (small_disk / "export" / encoder_export.METADATA).exists()
 
 
 def test_a_simulated_enospc_at_the_write_call_is_one_line(tmp_path, monkeypatch):
@@ -78,14 +79,14 @@ def test_a_simulated_enospc_at_the_write_call_is_one_line(tmp_path, monkeypatch)
 
     monkeypatch.setattr(ocp.StandardCheckpointer, "save", full)
     with pytest.raises(checkpoint.CheckpointError) as raised:
-        checkpoint.write_export(str(tmp_path / "export"), a_megabyte(), {"step": 1})
+        encoder_export.write(str(tmp_path / "export"), a_megabyte(), {"step": 1})
     free = checkpoint._megabytes(  # pylint: disable=protected-access
         __import__("shutil").disk_usage(tmp_path / "export").free)
     assert str(raised.value) == (
         f"no space left on device to write the export in {tmp_path / 'export'} "
         f"(writing {target}): its arrays need about 1.0 MB, {free} free there; "
         "free some space or write it to another folder")
-    assert not (tmp_path / "export" / checkpoint.EXPORT_METADATA).exists()
+    assert not (tmp_path / "export" / encoder_export.METADATA).exists()
 
 
 def test_training_into_a_full_disk_exits_1_in_one_line(small_disk):
@@ -101,4 +102,4 @@ def test_training_into_a_full_disk_exits_1_in_one_line(small_disk):
     assert last.startswith("python -m grepq_jax.main: "), last
     assert "no space left on device" in last, last
     assert "free some space or use another --workdir" in last
-    assert not (small_disk / "run" / "export" / checkpoint.EXPORT_METADATA).exists()
+    assert not (small_disk / "run" / "export" / encoder_export.METADATA).exists()

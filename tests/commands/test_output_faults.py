@@ -23,8 +23,9 @@ import numpy as np
 from PIL import Image
 import pytest
 
+from grepq_jax.scoring import packing
 from grepq_jax.commands import cli, evaluate, export, score
-from grepq_jax.scoring import api
+from grepq_jax.scoring import api, batch
 from grepq_jax import errors
 from grepq_jax.formats import output_files
 from grepq_jax.evaluation import correlation, results_table
@@ -198,7 +199,7 @@ def test_score_with_a_simulated_full_disk_leaves_no_file(model_folder, photos, t
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
         written.append(text)
         file.write(text)
-    monkeypatch.setattr(score, "_write", write_until_full)
+    monkeypatch.setattr(batch, "_write", write_until_full)
     argv = ["score", f"--model={model_folder}", "--mode=zero_shot_low", "photos",
             "--output=out/s.csv"]
     (tmp_path / "out").mkdir()
@@ -250,7 +251,7 @@ def test_export_on_a_full_tmpfs_is_one_line_exit_1_and_leaves_nothing(
         assert done.returncode == 1, done.stderr
         assert done.stderr.splitlines() == [
             done.stderr.splitlines()[0]], done.stderr  # One line, nothing else.
-        # The words are checkpoint.write_export's where it reports the full
+        # The words are encoder_export.write's where it reports the full
         # disk itself, export's own otherwise: both name the file system's path.
         assert done.stderr.startswith("export failed: ")
         assert "no space left on device" in done.stderr and f"{full}/model" in done.stderr
@@ -262,7 +263,7 @@ def test_export_with_a_simulated_full_disk_leaves_nothing(low_level_export, tmp_
     """ENOSPC at the pristine statistics' write, after the encoder is written."""
     def savez_into_full_disk(file, **arrays):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-    monkeypatch.setattr(export.np, "savez", savez_into_full_disk)
+    monkeypatch.setattr(packing.np, "savez", savez_into_full_disk)
     monkeypatch.chdir(tmp_path)
     argv = ["export", f"--low_level={os.path.relpath(low_level_export)}", "--out=model"]
     assert export.main(cli.parse(export.FLAGS, argv)) == 1
@@ -274,13 +275,13 @@ def test_export_with_a_simulated_full_disk_leaves_nothing(low_level_export, tmp_
 
 _KILLED_EXPORT = """\
 import os, sys
-from grepq_jax.formats import checkpoint
+from grepq_jax.formats import encoder_export
 from grepq_jax.commands import export
-write = checkpoint.write_export
+write = encoder_export.write
 def write_then_die(directory, tree, metadata):
     write(directory, tree, metadata)
     os._exit(9)  # As a kill -9 after the first encoder's files.
-checkpoint.write_export = write_then_die
+encoder_export.write = write_then_die
 sys.argv = ["grepq export"] + sys.argv[1:]
 export.run_command()
 """
@@ -325,7 +326,7 @@ def test_export_still_refuses_a_folder_that_is_not_its_own(low_level_export, tmp
 
 # grepq evaluate (with test_evaluate's stand-in model: no encoder to compile) -------------
 
-from test_evaluate import SharpnessModel, blur_root, run_cli, stand_in  # noqa: E402,F401
+from support.evaluation_data import SharpnessModel, blur_root, run_cli, stand_in  # noqa: E402,F401
 
 
 def test_evaluate_refuses_an_out_inside_the_model_folder(stand_in, blur_root, tmp_path,

@@ -22,10 +22,12 @@ import pytest
 from flax.traverse_util import flatten_dict
 from transformers.models.clip.tokenization_clip import bytes_to_unicode
 
+from grepq_jax import errors
+from grepq_jax.formats import encoder_export
 from grepq_jax.models import clip_rn50, clip_rn50_text
 from grepq_jax.formats.pytorch import clip_export
 from grepq_jax.formats.pytorch import clip_weights
-from grepq_jax.formats.pytorch.clip_rn50_keys import WeightsError, convert_modified_resnet, convert_openai_clip, convert_openai_text
+from grepq_jax.formats.pytorch.clip_rn50_keys import convert_modified_resnet, convert_openai_clip, convert_openai_text
 
 _FIXTURES = Path(__file__).parents[1] / "fixtures"
 _spec = importlib.util.spec_from_file_location("make_rn50_reference",
@@ -294,7 +296,7 @@ def _misshapen(state):
 def test_image_conversion_errors_name_the_file_and_key(corrupt):
     state = _bare_state()
     what, key = corrupt(state)
-    with pytest.raises(WeightsError, match=r"^weights\.pth: ") as error:
+    with pytest.raises(errors.InputError, match=r"^weights\.pth: ") as error:
         convert_modified_resnet(state, source="weights.pth")
     assert key in str(error.value) and re.search(what, str(error.value))
 
@@ -302,16 +304,16 @@ def test_image_conversion_errors_name_the_file_and_key(corrupt):
 def test_text_conversion_errors_name_the_file_and_key():
     state = reference.random_clip_state_dict()
     state["transformer.resblocks.1.attn.in_proj_bias"] = np.zeros(5, np.float32)
-    with pytest.raises(WeightsError, match=r"^RN50\.pt: 'transformer\.resblocks\.1\.attn\.in_proj_bias' "
+    with pytest.raises(errors.InputError, match=r"^RN50\.pt: 'transformer\.resblocks\.1\.attn\.in_proj_bias' "
                                            r"has shape \(5,\), expected \(96,\)"):
         convert_openai_clip(state, source="RN50.pt", text_heads=4)
     state = reference.random_clip_state_dict()
     del state["ln_final.bias"]
-    with pytest.raises(WeightsError, match="RN50.pt: missing key 'ln_final.bias'"):
+    with pytest.raises(errors.InputError, match="RN50.pt: missing key 'ln_final.bias'"):
         convert_openai_clip(state, source="RN50.pt", text_heads=4)
     state = reference.random_clip_state_dict()
     state["transformer.resblocks.0.attn.bias_k"] = np.zeros(32, np.float32)
-    with pytest.raises(WeightsError, match=r"RN50.pt: unexpected keys \['transformer.resblocks.0.attn.bias_k'\]"):
+    with pytest.raises(errors.InputError, match=r"RN50.pt: unexpected keys \['transformer.resblocks.0.attn.bias_k'\]"):
         convert_openai_clip(state, source="RN50.pt", text_heads=4)
 
 
@@ -321,23 +323,23 @@ def test_text_conversion_errors_name_the_file_and_key():
     ({"fc.weight": np.zeros((10, 8))}, "not a CLIP ModifiedResNet"),
 ])
 def test_wrong_files_are_named_with_what_they_are(state, hint):
-    with pytest.raises(WeightsError, match=f"^other.pth: missing key .*{hint}"):
+    with pytest.raises(errors.InputError, match=f"^other.pth: missing key .*{hint}"):
         convert_modified_resnet(state, source="other.pth")
 
 
 def test_a_whole_clip_and_a_bare_tower_are_told_apart():
-    with pytest.raises(WeightsError, match="a whole CLIP: read it with"):
+    with pytest.raises(errors.InputError, match="a whole CLIP: read it with"):
         convert_modified_resnet(reference.random_clip_state_dict(), source="RN50.pt")
-    with pytest.raises(WeightsError, match="no 'visual.\\*' keys.*GRepQ's high-level weights"):
+    with pytest.raises(errors.InputError, match="no 'visual.\\*' keys.*GRepQ's high-level weights"):
         convert_openai_clip(_bare_state(), source="high_level_model_weights.pth")
 
 
 def test_missing_file_is_named(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    with pytest.raises(WeightsError, match="^no_such.pth: no such file"):
+    with pytest.raises(errors.InputError, match="^no_such.pth: no such file"):
         clip_weights.read_state_dict("no_such.pth")
     Path("weights.pth").write_bytes(b"x")
-    with pytest.raises(WeightsError, match="^weights.pth: not a PyTorch file"):
+    with pytest.raises(errors.InputError, match="^weights.pth: not a PyTorch file"):
         clip_weights.load_grepq_high_level("weights.pth")
 
 
@@ -484,12 +486,12 @@ def test_open_clip_and_grepq_files_read_live(openai, tmp_path, monkeypatch):
     arch, variables = clip_weights.load_grepq_high_level("high_level_model_weights.pth")
     assert arch == dataclasses.replace(_tiny().image_arch, position_embedding="none")
     _assert_trees_equal(variables, _tiny().image_variables)
-    with pytest.raises(WeightsError, match="^high_level_model_weights.pth: no 'visual"):
+    with pytest.raises(errors.InputError, match="^high_level_model_weights.pth: no 'visual"):
         clip_weights.load_clip_rn50("high_level_model_weights.pth")
-    with pytest.raises(WeightsError, match="^epoch_3.pt: missing key .*a whole CLIP"):
+    with pytest.raises(errors.InputError, match="^epoch_3.pt: missing key .*a whole CLIP"):
         clip_weights.load_grepq_high_level("epoch_3.pt")
     Path("notes.pth").write_text("not weights")
-    with pytest.raises(WeightsError, match="^notes.pth: not a PyTorch file"):
+    with pytest.raises(errors.InputError, match="^notes.pth: not a PyTorch file"):
         clip_weights.load_grepq_high_level("notes.pth")
 
 
@@ -546,7 +548,6 @@ def test_prompt_pairs_from_the_flag_or_a_file(tmp_path, monkeypatch):
 
 def test_convert_writes_a_high_level_export_live(openai, tmp_path, monkeypatch):
     torch, _ = openai
-    from grepq_jax.formats import checkpoint
     from grepq_jax.commands import cli, convert
 
     monkeypatch.chdir(tmp_path)
@@ -561,7 +562,7 @@ def test_convert_writes_a_high_level_export_live(openai, tmp_path, monkeypatch):
     argv = _convert_argv(clip="clip.pt", grepq_high_level="grepq.pth", bpe="bpe.gz", out="export")
     assert convert.main(cli.parse(convert.FLAGS, argv)) == 0
 
-    tree, metadata = checkpoint.read_export(str(Path("export").absolute()))
+    tree, metadata = encoder_export.read(str(Path("export").absolute()))
     assert (metadata["pathway"], metadata["encoder"]) == ("high_level", "clip_rn50")
     arch = clip_rn50.ModifiedResNetArch.from_dict(metadata["arch"])
     assert arch == dataclasses.replace(_tiny().image_arch, position_embedding="none")
@@ -579,7 +580,7 @@ def test_convert_writes_a_high_level_export_live(openai, tmp_path, monkeypatch):
     argv = _convert_argv(clip="clip.pt", bpe="bpe.gz", out="sharp",
                          prompts="A sharp photo.|A bad photo.")
     assert convert.main(cli.parse(convert.FLAGS, argv)) == 0
-    tree, metadata = checkpoint.read_export(str(Path("sharp").absolute()))
+    tree, metadata = encoder_export.read(str(Path("sharp").absolute()))
     assert metadata["prompts"] == [list(pair[0])]
     expected = clip_rn50_text.encode_prompts(
         clip_rn50_text.text_tower(text_arch, text_params, tokenizer), pair)

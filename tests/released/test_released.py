@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from grepq_jax.formats import checkpoint
+from grepq_jax.formats import encoder_export
 from grepq_jax.scoring import api
 from grepq_jax.scoring import packing
 from grepq_jax.released import packaging
@@ -83,7 +83,7 @@ def _high_level_export(directory):
                                               position_embedding="none")
     prompts = _stored()["prompt_embeddings"].astype(np.float32)
     prompts /= np.linalg.norm(prompts, axis=-1, keepdims=True)
-    checkpoint.write_export(str(directory), {"encoder": variables, "prompt_embeddings": prompts}, {
+    encoder_export.write(str(directory), {"encoder": variables, "prompt_embeddings": prompts}, {
         "pathway": "high_level", "encoder": "clip_rn50",
         "arch": {**dataclasses.asdict(arch), "layers": list(arch.layers)},
         "mean": list(clip.OPENAI_MEAN), "std": list(clip.OPENAI_STD),
@@ -97,7 +97,7 @@ def test_rebuilt_released_weights_score_as_the_original(tmp_path):
                                                     "low_level_model_weights.tar")
     assert metadata == {"pathway": "low_level", "model": {
         "encoder": "resnet18", "width": 64, "head_dim": 128, "dtype": "float32"}}
-    checkpoint.write_export(str(tmp_path / "low"), tree, {**metadata, "step": 0})
+    encoder_export.write(str(tmp_path / "low"), tree, {**metadata, "step": 0})
     patch_file = reference.write_patch_file(stored["pristine_index"],
                                             tmp_path / reference.PATCH_FILE)
     description = packing.export_model(
@@ -151,7 +151,7 @@ def test_released_files_package_into_a_model_folder_scoring_as_the_original(tmp_
     description = json.loads((tmp_path / "grepq" / "model.json").read_text())
     assert description["low_level"] and description["high_level"]
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
-    low_meta = checkpoint.read_export(str(tmp_path / "grepq" / "low_level"))[1]
+    low_meta = encoder_export.read(str(tmp_path / "grepq" / "low_level"))[1]
     assert low_meta["step"] == reference.ITERATION
     assert description["pristine"]["source"] == str(tmp_path / reference.PATCH_FILE)
     assert len(files["pristine_index"]) == len(_stored()["pristine_index"])

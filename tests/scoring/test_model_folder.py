@@ -15,7 +15,8 @@ import numpy as np
 from PIL import Image
 import pytest
 
-from grepq_jax.formats import checkpoint
+from grepq_jax.formats import encoder_export
+from grepq_jax import errors
 from grepq_jax.scoring import api
 from grepq_jax.commands import cli, score
 from grepq_jax.evaluation import regression
@@ -108,10 +109,10 @@ def _damage_params(name, how):
 def _rewrite_export(name, change):
     """Reads an export, changes its tree, and writes it back."""
     def damage(folder):
-        tree, metadata = checkpoint.read_export(str(folder / name))
+        tree, metadata = encoder_export.read(str(folder / name))
         tree = change(dict(tree))
         shutil.rmtree(folder / name)
-        checkpoint.write_export(str(folder / name), tree, metadata)
+        encoder_export.write(str(folder / name), tree, metadata)
     return damage
 
 
@@ -266,40 +267,31 @@ def test_damaged_parameters_end_the_command_in_one_line(regressor_folder, tmp_pa
     assert done.stderr.count("\n") == 1, done.stderr
 
 
-def test_a_folder_in_the_old_layout_scores_as_the_new_one(regressor_folder, tmp_path):
-    """Folders packaged before the encoders' metadata was named encoder.json
-    hold each encoder's metadata as model.json; they load and score the same."""
-    old = tmp_path / "old"
-    shutil.copytree(regressor_folder, old)
-    for part in ("low_level", "high_level"):
-        (old / part / checkpoint.EXPORT_METADATA).rename(
-            old / part / checkpoint.OLD_EXPORT_METADATA)
-    assert sorted(path.name for path in old.rglob("*.json")) == [
-        "model.json", "model.json", "model.json", "regressor.json"]
-    image = np.random.default_rng(0).uniform(size=(150, 150, 3)).astype(np.float32)
-    for mode in api.MODES:
-        new_scorer = api.create_scorer(regressor_folder, mode)
-        old_scorer = api.create_scorer(old, mode)
-        assert old_scorer.score(image) == new_scorer.score(image), mode
-    assert checkpoint.read_export(str(old / "low_level"))[1] == (
-        checkpoint.read_export(str(regressor_folder / "low_level"))[1])
+def test_an_encoder_without_encoder_json_is_refused_naming_the_file(regressor_folder,
+                                                                  tmp_path):
+    """An encoder folder without encoder.json (its metadata under another
+    name) is not an export: one error naming the missing file."""
+    folder = tmp_path / "folder"
+    shutil.copytree(regressor_folder, folder)
+    (folder / "low_level" / encoder_export.METADATA).rename(
+        folder / "low_level" / "model.json")
+    with pytest.raises(errors.InputError) as raised:
+        api.create_scorer(folder)
+    assert str(raised.value) == f"{folder / 'low_level' / encoder_export.METADATA} is missing"
 
 
-@pytest.mark.parametrize("metadata", [checkpoint.EXPORT_METADATA,
-                                      checkpoint.OLD_EXPORT_METADATA])
+@pytest.mark.parametrize("pathway", ["low_level", "high_level"])
 def test_a_training_export_given_as_the_model_says_how_to_package_it(
-        low_level_export, tmp_path, metadata):
-    """`score --model=runs/x/export` (the encoder a run exports, in either
-    metadata name) is a usage error naming the command that makes a folder."""
-    export = tmp_path / "runs" / "low_level" / "export"
-    shutil.copytree(low_level_export, export)
-    if metadata != checkpoint.EXPORT_METADATA:
-        (export / checkpoint.EXPORT_METADATA).rename(export / metadata)
+        request, tmp_path, pathway):
+    """`score --model=runs/x/export` (the encoder a run exports, of either
+    pathway) is a usage error naming the command that makes a folder."""
+    export = tmp_path / "runs" / pathway / "export"
+    shutil.copytree(request.getfixturevalue(f"{pathway}_export"), export)
     done = subprocess.run(
-        [sys.executable, "-m", "grepq_jax.score", "--model=runs/low_level/export",
+        [sys.executable, "-m", "grepq_jax.score", f"--model=runs/{pathway}/export",
          "image.png"], cwd=tmp_path, capture_output=True, text=True, check=False)
     assert done.returncode == 2 and done.stdout == ""
     assert done.stderr == (  # the folder made absolute: the hint runs from anywhere
-        f"cannot score with runs/low_level/export: {export} is a training run's "
+        f"cannot score with runs/{pathway}/export: {export} is a training run's "
         "encoder export, not a model folder: package it first with python -m "
-        f"grepq_jax.export --low_level={export} --out=MODEL_FOLDER\n")
+        f"grepq_jax.export --{pathway}={export} --out=MODEL_FOLDER\n")

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from grepq_jax.formats import checkpoint
+from grepq_jax.formats import encoder_export
 from grepq_jax.scoring import api
 from grepq_jax.scoring import packing
 from grepq_jax.commands import cli, evaluate, export
@@ -24,7 +24,7 @@ from grepq_jax.scoring import pristine
 from grepq_jax.scoring import zero_shot
 from grepq_jax.models import clip, clip_rn50
 from support.model_fixtures import _random_like, low_level_export  # noqa: F401
-from test_evaluate import write_csv_dataset
+from support.evaluation_data import write_csv_dataset
 
 ARCH = clip_rn50.ModifiedResNetArch(layers=(1, 1, 1, 1), width=8, heads=2, embed_dim=16,
                                     image_size=64, position_embedding="none")
@@ -40,7 +40,7 @@ def _variables(seed=0):
 def rn50_export(tmp_path_factory):
     directory = tmp_path_factory.mktemp("exports") / "rn50"
     prompts = np.random.default_rng(1).standard_normal((1, 2, 16)).astype(np.float32)
-    checkpoint.write_export(str(directory), {"encoder": _variables(), "prompt_embeddings": prompts}, {
+    encoder_export.write(str(directory), {"encoder": _variables(), "prompt_embeddings": prompts}, {
         "pathway": "high_level", "encoder": "clip_rn50",
         "arch": {**dataclasses.asdict(ARCH), "layers": list(ARCH.layers)},
         "mean": list(clip.OPENAI_MEAN), "std": list(clip.OPENAI_STD),
@@ -99,12 +99,12 @@ def test_evaluate_runs_on_an_rn50_folder(rn50_folder, tmp_path):
 
 def _damaged(rn50_export, tmp_path, change_metadata=None, change_tree=None):
     target = tmp_path / "damaged"
-    tree, metadata = checkpoint.read_export(str(rn50_export))
+    tree, metadata = encoder_export.read(str(rn50_export))
     if change_metadata:
         change_metadata(metadata)
     if change_tree:
         change_tree(tree)
-    checkpoint.write_export(str(target), tree, metadata)
+    encoder_export.write(str(target), tree, metadata)
     return target
 
 

@@ -13,7 +13,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from grepq_jax.formats import checkpoint
+from grepq_jax.formats import encoder_export
 from grepq_jax.scoring import packing
 from grepq_jax.models import clip
 from grepq_jax.training.pathways import low_level as low_level_pathway
@@ -43,7 +43,7 @@ def write_low_level_export(directory, seed=0):
     abstract = jax.eval_shape(lambda: model.init(jax.random.key(0),
                                                  jnp.zeros((1, 32, 32, 3)), train=False))
     tree = _random_like(abstract, np.random.default_rng(seed))
-    checkpoint.write_export(str(directory), tree, {"pathway": "low_level",
+    encoder_export.write(str(directory), tree, {"pathway": "low_level",
                                                    "model": LOW_LEVEL_MODEL, "step": 0})
     return directory
 
@@ -55,9 +55,10 @@ def write_high_level_export(directory, seed=0):
     rng = np.random.default_rng(seed)
     prompts = rng.standard_normal((1, 2, HIGH_LEVEL_ARCH.embed_dim)).astype(np.float32)
     prompts /= np.linalg.norm(prompts, axis=-1, keepdims=True)
-    checkpoint.write_export(
+    encoder_export.write(
         str(directory), {"encoder": _random_like(abstract, rng), "prompt_embeddings": prompts},
-        {"pathway": "high_level", "arch": dataclasses.asdict(HIGH_LEVEL_ARCH),
+        {"pathway": "high_level", "encoder": "clip_vit",
+         "arch": dataclasses.asdict(HIGH_LEVEL_ARCH),
          "mean": list(tiny_clip.TINY_MEAN), "std": list(tiny_clip.TINY_STD),
          "prompts": [["a good photo.", "a bad photo."]], "dtype": "float32", "step": 0})
     return directory

@@ -12,6 +12,7 @@ import pytest
 
 from configs import high_level as high_level_config
 from configs import low_level as low_level_config
+from grepq_jax.formats import encoder_export
 from grepq_jax import errors
 from grepq_jax.training import trainer
 from grepq_jax.training.pathways import PATHWAYS
@@ -107,7 +108,6 @@ def test_the_command_prints_each_field_in_one_line_and_exits_2(tmp_path):
 def test_an_untrained_export_has_its_own_flag(tmp_path):
     """What `num_epochs=0` was used for (benchmarks/bench_quality.py's
     baseline row): the initial encoder exported, nothing trained or saved."""
-    from grepq_jax.formats import checkpoint  # pylint: disable=import-outside-toplevel
     child = subprocess.run(
         main_command(f"{REPO / 'configs' / 'low_level.py'}:tiny", "untrained", "--untrained",
                      "--config.num_devices=1"),
@@ -115,6 +115,6 @@ def test_an_untrained_export_has_its_own_flag(tmp_path):
         capture_output=True, text=True, timeout=180, check=False)
     assert child.returncode == 0, child.stderr[-3000:]
     assert "Exported the untrained encoder" in child.stderr
-    _, metadata = checkpoint.read_export(str(tmp_path / "untrained" / "export"))
+    _, metadata = encoder_export.read(str(tmp_path / "untrained" / "export"))
     assert metadata["step"] == 0
     assert not (tmp_path / "untrained" / "checkpoints").exists()

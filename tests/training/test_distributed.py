@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from configs import low_level as low_level_config
-from grepq_jax.formats import checkpoint
+from grepq_jax.formats import encoder_export
 from grepq_jax.training import distributed
 from grepq_jax.training import trainer
 from conftest import assert_same_training, params_of, read_scalars
@@ -92,7 +92,7 @@ def test_two_processes_train_as_one_process_with_their_devices(
     config.data.path = str(photo_folder)
     config.num_epochs, config.num_devices = STEPS, 4
     state = trainer.train_and_evaluate(config, str(tmp_path / "one"))
-    tree, meta = checkpoint.read_export(str(workdir / "export"))
+    tree, meta = encoder_export.read(str(workdir / "export"))
     assert meta["step"] == int(state.step) == STEPS
     # The same global computation; gloo's all-reduce may sum in another
     # order than the in-process one, so float32 round-off is allowed.

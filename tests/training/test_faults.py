@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from grepq_jax.formats import encoder_export
 from grepq_jax.formats import checkpoint
 from grepq_jax.training import trainer
 from grepq_jax.training.pathways import PATHWAYS
@@ -82,7 +83,7 @@ def test_two_sigkills_and_a_sigterm_end_bit_for_bit(
     assert last.wait() == 0, last.text()[-3000:]
     # An unfinished step 10, if the kill caught one, was not taken for good.
     assert resumed_from(last.text()) == kept
-    tree, meta = checkpoint.read_export(str(workdir / "export"))
+    tree, meta = encoder_export.read(str(workdir / "export"))
     assert meta["step"] == TOTAL_STEPS
     assert_same_bits(tree["params"], uninterrupted[0])
     assert_same_bits(tree["batch_stats"], uninterrupted[1])

@@ -7,7 +7,7 @@ from PIL import Image
 
 from support.clip_fixtures import tiny_clip_dir  # noqa: F401  (a pytest fixture)
 from configs import high_level as high_level_config
-from grepq_jax.formats import checkpoint
+from grepq_jax.formats import encoder_export
 from grepq_jax.training import losses
 from grepq_jax.training import trainer
 from grepq_jax.training.data import high_level_pipeline as high_level_data
@@ -136,7 +136,7 @@ def test_tiny_run_lowers_the_loss_resumes_and_exports(
     jax.tree.map(
         np.testing.assert_array_equal, params_of(again), params_of(state)
     )
-    tree, meta = checkpoint.read_export(str(tmp_path / "export"))
+    tree, meta = encoder_export.read(str(tmp_path / "export"))
     assert meta["pathway"] == "high_level" and meta["step"] == 6
     assert set(tree) == {"encoder", "prompt_embeddings"}  # the head is dropped
     assert tree["prompt_embeddings"].shape == (1, 2, 16)

@@ -15,7 +15,8 @@ from flax.traverse_util import flatten_dict
 
 from conftest import params_of, read_scalars
 from configs import high_level as high_level_config
-from grepq_jax.formats import checkpoint, high_level_export
+from grepq_jax.formats import encoder_export
+from grepq_jax.formats import high_level_export
 from grepq_jax import errors
 from grepq_jax.scoring import api
 from grepq_jax.scoring import packing
@@ -134,7 +135,7 @@ def test_tiny_rn50_trains_updates_statistics_exports_and_resumes(photo_folder, t
                                                jax.tree.leaves(params_of(state)["encoder"])))
 
     # The export: convert.py's format, the trained weights and statistics.
-    tree, metadata = checkpoint.read_export("run/export")
+    tree, metadata = encoder_export.read("run/export")
     assert set(tree) == {"encoder", "prompt_embeddings"}
     assert set(tree["encoder"]) == {"params", "batch_stats"}
     assert {k: metadata[k] for k in ("pathway", "encoder", "step", "dtype", "prompts")} == {
@@ -183,15 +184,16 @@ def test_the_export_reader_loads_both_towers_in_inference_mode(tmp_path):
     tree = {"encoder": jax.tree.map(np.asarray, exported.variables),
             "prompt_embeddings": exported.prompt_embeddings}
     del tree["encoder"]["batch_stats"]["layer2_0"]["bn3"]["var"]
-    with pytest.raises(high_level_export.ExportError,
-                       match="^rn50: the encoder lacks batch_stats/layer2_0/bn3/var"):
+    with pytest.raises(errors.InputError,
+                       match="^rn50/params: no array batch_stats/layer2_0/bn3/var "
+                             r"\(1 missing\), which the encoder in rn50/encoder.json needs$"):
         high_level_export.from_tree(tree, exported.metadata, source="rn50")
+    tree["encoder"] = jax.tree.map(np.asarray, exported.variables)
     metadata = {**exported.metadata, "arch": {**exported.metadata["arch"], "width": 16}}
-    with pytest.raises(high_level_export.ExportError, match=r"^rn50: the encoder's batch_stats/"
-                                                            r"bn1/mean has shape \(4,\), its "
-                                                            r"arch needs \(8,\)"):
+    with pytest.raises(errors.InputError, match=r"^rn50/params: batch_stats/bn1/mean is "
+                                                r"float32\[4\], but the encoder in "
+                                                r"rn50/encoder.json needs float32\[8\]$"):
         high_level_export.from_tree(tree, metadata, source="rn50")
-    # An export written before "encoder" was recorded holds a ViT.
     vit = high_level_export.read(str(write_vit_export(tmp_path / "vit")))
     assert vit.encoder == "clip_vit" and set(vit.variables) == {"params"}
 

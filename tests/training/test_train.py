@@ -10,7 +10,7 @@ import pytest
 import scipy.stats
 
 from configs import low_level as low_level_config
-from grepq_jax.formats import checkpoint
+from grepq_jax.formats import encoder_export
 from grepq_jax.training.labels import distortions
 from grepq_jax.training.labels import fsim
 from grepq_jax.training import trainer
@@ -132,7 +132,7 @@ def test_training_lowers_the_loss_and_exports(short_run):
     # 0.092); 0.05 is about half the smallest.
     assert np.mean(loss[-4:]) < np.mean(loss[:4]) - 0.05, loss
     assert read_scalars(workdir / "tensorboard", "learning_rate")[-1] < 3e-3
-    tree, meta = checkpoint.read_export(str(workdir / "export"))
+    tree, meta = encoder_export.read(str(workdir / "export"))
     assert meta["pathway"] == "low_level" and meta["step"] == 48
     assert_trees_close(tree["params"], params_of(state), rtol=0, atol=0)
 
@@ -150,7 +150,7 @@ def test_training_learns_to_order_held_out_versions_by_quality(short_run):
     model = low_level_pathway.make_model(config.model)
     initial = low_level_pathway.build(config, str(workdir)).init_variables(
         jax.random.key(config.seed))
-    trained, _ = checkpoint.read_export(str(workdir / "export"))
+    trained, _ = encoder_export.read(str(workdir / "export"))
     photos, views, quality = held_out_groups(config)
     before, after = (quality_ordering(encoder_features(model, variables, views), photos, quality)
                      for variables in (initial, trained))

@@ -19,7 +19,7 @@ def convert_high_level(out, *, clip_file, grepq_high_level=None, bpe=None,
                        prompts=GREPQ_PROMPTS) -> dict:
     """Writes the export (high_level_export's format) into `out`; returns its metadata.
 
-    Raises WeightsError / ValueError / OSError naming the bad file, before
+    Raises errors.InputError / ValueError / OSError naming the bad file, before
     anything is written.
     """
     out = pathlib.Path(absolute(str(out)))

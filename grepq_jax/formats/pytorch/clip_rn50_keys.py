@@ -39,14 +39,11 @@ from typing import NamedTuple
 import numpy as np
 from flax.traverse_util import unflatten_dict
 
+from grepq_jax import errors
 from grepq_jax.models import clip_rn50, clip_rn50_text
 from grepq_jax.formats.pytorch.resnet_weights import convert_state_dict, torchvision_key, variable_shapes
 
 _CLIP_EXTRAS = ("logit_scale", "input_resolution", "context_length", "vocab_size")
-
-
-class WeightsError(ValueError):
-    """A weights file that does not fit the model; the message names the file and the key."""
 
 
 class ClipWeights(NamedTuple):
@@ -60,7 +57,7 @@ class ClipWeights(NamedTuple):
 
 def _required(state: Mapping[str, np.ndarray], key: str, source: str, hint: str = "") -> np.ndarray:
     if key not in state:
-        raise WeightsError(f"{source}: missing key {key!r}{hint}")
+        raise errors.InputError(f"{source}: missing key {key!r}{hint}")
     return np.asarray(state[key])
 
 
@@ -94,7 +91,7 @@ def image_arch_from_state_dict(state: Mapping[str, np.ndarray], *, source: str,
     embed_dim = _required(state, "attnpool.c_proj.weight", source, hint).shape[0]
     grid = math.isqrt(positions - 1)
     if grid * grid + 1 != positions:
-        raise WeightsError(f"{source}: 'attnpool.positional_embedding' has {positions} rows, "
+        raise errors.InputError(f"{source}: 'attnpool.positional_embedding' has {positions} rows, "
                            "not 1 + a square grid")
     layers = tuple(_count(state, rf"layer{s}\.(\d+)\.") for s in range(1, 5))
     try:
@@ -102,7 +99,7 @@ def image_arch_from_state_dict(state: Mapping[str, np.ndarray], *, source: str,
             layers=layers, width=width, heads=heads or width * 32 // 64, embed_dim=embed_dim,
             image_size=grid * clip_rn50.DOWNSAMPLING, position_embedding=position_embedding)
     except ValueError as err:
-        raise WeightsError(f"{source}: {err}") from None
+        raise errors.InputError(f"{source}: {err}") from None
 
 
 def _image_key(path: tuple) -> str:
@@ -125,7 +122,7 @@ def convert_modified_resnet(state: Mapping[str, np.ndarray], *, source: str,
         variables = convert_state_dict(state, template, _image_key,
                                        lambda k: k.endswith(".num_batches_tracked"))
     except (KeyError, ValueError) as err:
-        raise WeightsError(f"{source}: {err.args[0]}") from None
+        raise errors.InputError(f"{source}: {err.args[0]}") from None
     return arch, variables
 
 
@@ -145,7 +142,7 @@ def text_arch_from_state_dict(state: Mapping[str, np.ndarray], *, source: str,
             embed_dim=_required(state, "text_projection", source).shape[1],
             hidden_act=hidden_act)
     except ValueError as err:
-        raise WeightsError(f"{source}: {err}") from None
+        raise errors.InputError(f"{source}: {err}") from None
 
 
 _TEXT_MODULES = {"layer_norm1": "ln_1", "layer_norm2": "ln_2", "fc1": "c_fc", "fc2": "c_proj",
@@ -184,7 +181,7 @@ def _text_value(state, path, spec, source) -> tuple[str, np.ndarray]:
     if third is not None:  # q, k and v stacked along the output rows
         expected = (3 * expected[0], *expected[1:])
     if value.shape != tuple(expected):
-        raise WeightsError(f"{source}: {key!r} has shape {value.shape}, expected {tuple(expected)}")
+        raise errors.InputError(f"{source}: {key!r} has shape {value.shape}, expected {tuple(expected)}")
     if third is not None:
         rows = expected[0] // 3
         value = value[third * rows:(third + 1) * rows]
@@ -201,7 +198,7 @@ def convert_openai_text(state: Mapping[str, np.ndarray], *, source: str, heads: 
         used.add(key)
     unexpected = sorted(set(state) - used)
     if unexpected:
-        raise WeightsError(f"{source}: unexpected keys {unexpected}")
+        raise errors.InputError(f"{source}: unexpected keys {unexpected}")
     return arch, unflatten_dict(params)
 
 
@@ -214,7 +211,7 @@ def convert_openai_clip(state: Mapping[str, np.ndarray], *, source: str,
     """A whole OpenAI-layout CLIP ResNet state dict (OpenAI's RN50.pt, open_clip's RN50)."""
     visual = {k[len("visual."):]: v for k, v in state.items() if k.startswith("visual.")}
     if not visual:
-        raise WeightsError(f"{source}: no 'visual.*' keys: not a whole CLIP state dict"
+        raise errors.InputError(f"{source}: no 'visual.*' keys: not a whole CLIP state dict"
                            + (" (GRepQ's high-level weights? use load_grepq_high_level)"
                               if "attnpool.positional_embedding" in state else ""))
     text = {k: v for k, v in state.items() if not k.startswith("visual.") and k not in _CLIP_EXTRAS}

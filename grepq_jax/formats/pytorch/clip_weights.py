@@ -16,9 +16,10 @@ import pathlib
 
 import numpy as np
 
+from grepq_jax import errors
 from grepq_jax.formats.pytorch import weight_files
 from grepq_jax.models import clip_rn50
-from grepq_jax.formats.pytorch.clip_rn50_keys import ClipWeights, WeightsError, convert_modified_resnet, convert_openai_clip
+from grepq_jax.formats.pytorch.clip_rn50_keys import ClipWeights, convert_modified_resnet, convert_openai_clip
 
 
 def _unwrap(loaded, path: pathlib.Path) -> dict:
@@ -26,18 +27,18 @@ def _unwrap(loaded, path: pathlib.Path) -> dict:
     if isinstance(loaded, dict) and isinstance(loaded.get("state_dict"), dict):
         loaded = loaded["state_dict"]
     if not isinstance(loaded, dict) or not loaded:
-        raise WeightsError(f"{path}: holds a {type(loaded).__name__}, not a state dict")
+        raise errors.InputError(f"{path}: holds a {type(loaded).__name__}, not a state dict")
     if all(isinstance(k, str) and k.startswith("module.") for k in loaded):
         loaded = {k[len("module."):]: v for k, v in loaded.items()}
     return loaded
 
 
 def as_float32_arrays(state: dict, source: str) -> dict[str, np.ndarray]:
-    """{key: array}, floating ones (fp16 in RN50.pt) as float32; WeightsError for a non-array."""
+    """{key: array}, floating ones (fp16 in RN50.pt) as float32; errors.InputError for a non-array."""
     arrays = {}
     for key, value in state.items():
         if not isinstance(value, np.ndarray):
-            raise WeightsError(f"{source}: {key!r} holds a {type(value).__name__}, not a tensor")
+            raise errors.InputError(f"{source}: {key!r} holds a {type(value).__name__}, not a tensor")
         arrays[key] = value.astype(np.float32) if value.dtype.kind == "f" else value
     return arrays
 
@@ -45,14 +46,14 @@ def as_float32_arrays(state: dict, source: str) -> dict[str, np.ndarray]:
 def read_state_dict(path) -> dict[str, np.ndarray]:
     """The tensors of a PyTorch weights file as {key: array}; see the module docstring.
 
-    Raises WeightsError naming the file when it is missing, not a weights
+    Raises errors.InputError naming the file when it is missing, not a weights
     file, or a pickle that would run code.
     """
     path = pathlib.Path(path)
     try:
         loaded = weight_files.load(path)
     except weight_files.TorchFileError as error:
-        raise WeightsError(str(error)) from None
+        raise errors.InputError(str(error)) from None
     return as_float32_arrays(_unwrap(loaded, path), str(path))
 
 

@@ -22,8 +22,10 @@ from typing import Any, Callable
 
 import numpy as np
 
+from grepq_jax import errors
 
-class TorchFileError(ValueError):
+
+class TorchFileError(errors.InputError):
     """A file that is not a PyTorch weights file we can read; the message names it."""
 
 

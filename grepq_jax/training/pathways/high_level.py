@@ -13,12 +13,13 @@ import functools
 import os
 from typing import Any
 
+from etils import epath
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
 
-from grepq_jax.formats import high_level_export
+from grepq_jax.formats import encoder_export, high_level_export
 from grepq_jax.training import losses
 from grepq_jax.training import pseudo_labels
 from grepq_jax.training.data import high_level_pipeline as high_level_data
@@ -88,14 +89,13 @@ def write_tiny_rn50(directory: str, prompts) -> str:
 
 
 def _read_rn50(source: str) -> high_level_export.HighLevelExport:
-    try:
-        exported = high_level_export.read(source)
-    except FileNotFoundError as error:
+    if not (epath.Path(source) / encoder_export.METADATA).exists():
         raise ValueError(
-            f"config.model.clip: {error}. Convert OpenAI's RN50 once with "
-            f"`grepq convert --clip=RN50.pt --out={source}`, "
+            f"config.model.clip: {source} is not an export (no {encoder_export.METADATA}). "
+            f"Convert OpenAI's RN50 once with `grepq convert --clip=RN50.pt --out={source}`, "
             "or point it at a high-level run's workdir/export"
-        ) from None
+        )
+    exported = high_level_export.read(source)
     if exported.encoder != "clip_rn50":
         raise ValueError(
             f"config.model.clip: {source} holds a {exported.encoder} tower, "

@@ -7,7 +7,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from grepq_jax.formats import checkpoint
+from grepq_jax.formats import encoder_export
 from grepq_jax.training import losses
 from grepq_jax.training.data import low_level_pipeline as low_level_data
 from grepq_jax.models import low_level as low_level_model
@@ -40,7 +40,7 @@ def build(config: ml_collections.ConfigDict, workdir: str) -> Pathway:
         )
 
     def export(state, directory):
-        checkpoint.write_export(
+        encoder_export.write(
             directory,
             {"params": state.params, "batch_stats": state.batch_stats},
             {
