@@ -30,6 +30,8 @@ from support import gcs_emulator
 from support.run_main import Child, child_env
 from support.interrupted_runs import TOTAL_STEPS, resumed_from, run_command, tiny_config
 
+pytestmark = pytest.mark.slow  # subprocesses or the storage emulator: the full suite runs it
+
 WORKDIR = "gs://bucket/run"
 
 

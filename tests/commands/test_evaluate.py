@@ -51,6 +51,7 @@ def cli_run(model_folder, dataset_root, tmp_path_factory):
     return out
 
 
+@pytest.mark.slow
 def test_cli_writes_the_table_the_plots_and_the_skipped_image(cli_run):
     rows = list(csv.DictReader((cli_run / "results.csv").open()))
     assert [(r["protocol"], r["method"], r["num_train"]) for r in rows] == [
@@ -74,6 +75,7 @@ def test_cli_writes_the_table_the_plots_and_the_skipped_image(cli_run):
     assert (cli_run / "features_csv.npz").is_file()
 
 
+@pytest.mark.slow
 def test_features_are_computed_once_and_recomputed_when_stale(
         cli_run, model_folder, dataset_root, monkeypatch, tmp_path):
     out = tmp_path / "out"
@@ -154,6 +156,7 @@ def test_help_shows_the_usage_line_with_an_example(monkeypatch, capsys):
     assert "example:\n  grepq evaluate --model=models/grepq --dataset=koniq10k" in out
 
 
+@pytest.mark.slow
 def test_cross_dataset_and_a_regressor_fitted_into_the_model(
         model_folder, dataset_root, tmp_path):
     folder = tmp_path / "model"

@@ -71,6 +71,7 @@ def image_folder(tmp_path_factory):
     return folder
 
 
+@pytest.mark.slow
 def test_export_writes_the_layout_and_reloads_with_identical_scores(
         model_folder, low_level_export, high_level_export):
     assert json.loads((model_folder / "model.json").read_text())["format_version"] == 1
@@ -140,6 +141,7 @@ def test_scorer_takes_paths_pil_images_and_arrays_alike(scorer, tmp_path):
         scorer.score(tmp_path / "missing.png")
 
 
+@pytest.mark.slow
 def test_scores_do_not_depend_on_the_batch_or_the_order(model_folder):
     """What the README promises, exactly: the low-level score is bit-identical
     whatever the batch and order; whole-image (high-level) outputs may differ
@@ -166,6 +168,7 @@ def test_scores_do_not_depend_on_the_batch_or_the_order(model_folder):
     assert len({round(p["combined"], 9) for p in alone}) == 4  # Not all the same.
 
 
+@pytest.mark.slow
 def test_chunked_low_level_path_equals_unchunked(model_folder):
     image = photo(240, 290)  # 4 x 5 = 20 patches
     unchunked = qm.QualityModel.load(model_folder, chunk=64)
@@ -193,6 +196,7 @@ def test_images_of_many_sizes_share_the_low_level_programs(model_folder, monkeyp
     assert sorted(shapes) == [(n, 96, 96, 3) for n in (2, 4, 8, 16)]
 
 
+@pytest.mark.slow
 def test_a_very_large_image_goes_through_in_bounded_chunks(model_folder, monkeypatch):
     model = qm.QualityModel.load(model_folder, chunk=64)
     image = np.random.default_rng(0).uniform(size=(1500, 1500, 3)).astype(np.float32)
@@ -215,6 +219,7 @@ def test_a_very_large_image_goes_through_in_bounded_chunks(model_folder, monkeyp
     assert 0 < value <= 0.5
 
 
+@pytest.mark.slow
 def test_score_cli_writes_a_row_per_file_and_fails_on_broken_ones(
         model_folder, image_folder, tmp_path, capsys):
     out_csv, out_json = tmp_path / "scores.csv", tmp_path / "scores.json"
@@ -252,6 +257,7 @@ def test_score_paths_exit_code_is_zero_when_all_scored(scorer, image_folder):
     assert len(out.getvalue().splitlines()) == 3
 
 
+@pytest.mark.slow
 def test_regressor_mode_predicts_with_the_stored_ridge(model_folder, tmp_path):
     folder = tmp_path / "model"
     packing.export_model(folder, low_level=str(model_folder / "low_level"),
@@ -280,6 +286,7 @@ def test_package_import_is_light_and_exports_create_scorer():
     assert grepq_jax.create_scorer is api.create_scorer
 
 
+@pytest.mark.slow
 def test_the_score_command_runs_as_a_module(model_folder, image_folder):
     """`python -m grepq_jax.score`, as a user runs it (without PyTorch's import)."""
     root = pathlib.Path(__file__).parents[2]
@@ -293,6 +300,7 @@ def test_the_score_command_runs_as_a_module(model_folder, image_folder):
     assert 0 < float(rows[0]["low_level"]) <= 0.5
 
 
+@pytest.mark.slow
 def test_score_help_shows_the_usage_line_example_and_flags():
     """`grepq score --help`, through the console script's entry point."""
     code = "import sys; from grepq_jax.commands import cli; sys.argv = ['grepq', 'score', '--help']; cli.main()"
@@ -307,6 +315,7 @@ def test_score_help_shows_the_usage_line_example_and_flags():
         assert flag in done.stdout, flag
 
 
+@pytest.mark.slow
 def test_score_piped_into_a_reader_that_stops_ends_quietly(model_folder, image_folder,
                                                            tmp_path):
     """`grepq score ... | head -1`: no BrokenPipeError traceback."""
@@ -347,6 +356,7 @@ def test_export_and_score_take_relative_paths(tmp_path, monkeypatch, low_level_e
     assert [row["path"] for row in rows] == ["images/x.png"] and rows[0]["error"] == ""
 
 
+@pytest.mark.slow
 def test_the_name_grepq_scores_with_the_downloaded_model(model_folder, image_folder,
                                                          tmp_path):
     """`grepq score --model=grepq` as the README types it after `grepq download`:

@@ -17,6 +17,8 @@ from grepq_jax.formats import encoder_export
 from grepq_jax.formats import checkpoint
 from support.run_main import REPO, TIMEOUT_S, child_env, main_command
 
+pytestmark = pytest.mark.slow  # subprocesses or the storage emulator: the full suite runs it
+
 
 def mounted_tmpfs(folder, size: str):
     folder.mkdir()

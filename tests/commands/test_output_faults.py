@@ -79,6 +79,7 @@ def leftovers(folder) -> list[str]:
 
 # Outputs never touch inputs or each other ------------------------------------------
 
+@pytest.mark.slow
 def test_score_refuses_an_output_onto_an_input_image(model_folder, photos, tmp_path):
     """Issue item 1: --output=photos/p0.png would overwrite the image it scores."""
     before = (photos / "p0.png").read_bytes()
@@ -92,6 +93,7 @@ def test_score_refuses_an_output_onto_an_input_image(model_folder, photos, tmp_p
     assert (photos / "p0.png").read_bytes() == before
 
 
+@pytest.mark.slow
 def test_score_refuses_an_output_that_is_a_link_to_an_input(model_folder, photos,
                                                             tmp_path):
     (tmp_path / "scores.csv").symlink_to("photos/p1.png")
@@ -105,6 +107,7 @@ def test_score_refuses_an_output_that_is_a_link_to_an_input(model_folder, photos
     assert (photos / "p1.png").read_bytes() == before
 
 
+@pytest.mark.slow
 def test_score_refuses_csv_and_json_into_one_file(model_folder, photos, tmp_path):
     """Issue item 2: --output=x --json=x wrote both, interleaved, exit 0."""
     done = run_command("score", f"--model={model_folder}", "photos", "--output=x",
@@ -114,6 +117,7 @@ def test_score_refuses_csv_and_json_into_one_file(model_folder, photos, tmp_path
     assert not (tmp_path / "x").exists()
 
 
+@pytest.mark.slow
 def test_score_refuses_maps_inside_the_folder_it_scores(model_folder, photos, tmp_path):
     done = run_command("score", f"--model={model_folder}", "photos", "--output=s.csv",
                        "--maps=photos/maps", cwd=tmp_path)
@@ -123,6 +127,7 @@ def test_score_refuses_maps_inside_the_folder_it_scores(model_folder, photos, tm
     assert not (photos / "maps").exists() and not (tmp_path / "s.csv").exists()
 
 
+@pytest.mark.slow
 def test_score_writes_beside_inputs_when_nothing_clashes(model_folder, photos, tmp_path):
     """A CSV in the scored folder is no image: allowed, and not scored."""
     done = run_command("score", f"--model={model_folder}", "--mode=zero_shot_low",
@@ -136,6 +141,7 @@ def test_score_writes_beside_inputs_when_nothing_clashes(model_folder, photos, t
     assert leftovers(tmp_path) == []
 
 
+@pytest.mark.slow
 def test_score_with_stdout_closed_is_a_usage_error(model_folder, photos, tmp_path):
     """Issue item 10: `grepq score ... >&-` was an AttributeError traceback."""
     done = run_command("score", f"--model={model_folder}", "photos", cwd=tmp_path,
@@ -174,6 +180,7 @@ def fill(folder: pathlib.Path) -> None:
                 file.write(b"\0" * 4096)
 
 
+@pytest.mark.slow
 def test_score_on_a_full_tmpfs_is_one_line_and_leaves_no_file(model_folder, photos,
                                                               tmp_path):
     with small_tmpfs("64k") as full:
@@ -188,6 +195,7 @@ def test_score_on_a_full_tmpfs_is_one_line_and_leaves_no_file(model_folder, phot
         assert sorted(p.name for p in full.iterdir()) == ["filler"]
 
 
+@pytest.mark.slow
 def test_score_with_a_simulated_full_disk_leaves_no_file(model_folder, photos, tmp_path,
                                                          monkeypatch, capsys):
     """ENOSPC raised by the row writer after the header, as a full disk would."""
@@ -232,6 +240,7 @@ def test_replacing_keeps_the_old_file_when_the_write_fails(tmp_path):
 
 # grepq export ------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_export_refuses_an_out_inside_an_input(low_level_export, tmp_path):
     shutil.copytree(low_level_export, tmp_path / "low")
     done = run_command("export", "--low_level=low", "--out=low/model", cwd=tmp_path)
@@ -241,6 +250,7 @@ def test_export_refuses_an_out_inside_an_input(low_level_export, tmp_path):
     assert not (tmp_path / "low" / "model").exists()
 
 
+@pytest.mark.slow
 def test_export_on_a_full_tmpfs_is_one_line_exit_1_and_leaves_nothing(
         low_level_export, high_level_export, tmp_path):
     """Issue item 6: 89 tracebacks and exit 2; the folder needs about 520 kB."""
@@ -287,6 +297,7 @@ export.run_command()
 """
 
 
+@pytest.mark.slow
 def test_a_killed_export_is_recognised_and_replaced_by_the_rerun(
         low_level_export, high_level_export, photos, tmp_path):
     """Issue item 11: the rerun was refused ("not an empty folder")."""
@@ -314,6 +325,7 @@ def test_a_killed_export_is_recognised_and_replaced_by_the_rerun(
     assert api.create_scorer(tmp_path / "model").score(photos / "p0.png") > 0
 
 
+@pytest.mark.slow
 def test_export_still_refuses_a_folder_that_is_not_its_own(low_level_export, tmp_path):
     (tmp_path / "model").mkdir()
     (tmp_path / "model" / "notes.txt").write_text("mine")

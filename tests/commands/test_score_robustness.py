@@ -121,6 +121,7 @@ def _relative(corpus, path):
     return path[len(str(corpus)) + 1:]
 
 
+@pytest.mark.slow
 def test_every_file_gets_a_row_in_csv_json_and_stdout(corpus, model_folder, tmp_path,
                                                       capsys):
     out_csv, out_json = tmp_path / "scores.csv", tmp_path / "scores.json"
@@ -272,6 +273,7 @@ def test_whole_image_batches_are_capped_in_pixels(model_folder, monkeypatch):
     assert all(s[0] * s[1] * s[2] <= 3 * 64 * 64 or s[0] == 1 for s in shapes)
 
 
+@pytest.mark.slow
 def test_a_huge_image_is_held_as_uint8_and_made_float_a_chunk_at_a_time(model_folder,
                                                                        monkeypatch):
     import tracemalloc  # pylint: disable=import-outside-toplevel

@@ -48,6 +48,7 @@ def relative_run(photo_folder, tmp_path_factory):
     return cwd, first, second
 
 
+@pytest.mark.slow
 def test_relative_paths_train_export_and_resume(relative_run):
     cwd, first, second = relative_run
     assert first.returncode == 0, first.stderr[-3000:]
@@ -60,6 +61,7 @@ def test_relative_paths_train_export_and_resume(relative_run):
     assert "Resuming from step 1 of 1." in second.stderr
 
 
+@pytest.mark.slow
 def test_the_closing_message_gives_commands_that_work(relative_run):
     """The export and score commands printed at the end run as printed
     (through the `grepq` dispatcher) and score a photograph."""
@@ -173,6 +175,7 @@ train_command.run_command()
 """
 
 
+@pytest.mark.slow
 def test_a_checkpoint_that_cannot_be_saved_stops_at_once(photo_folder, tmp_path):
     """The first save is waited for: a folder that cannot take checkpoints
     stops the run there (exit 1), in one line naming it and the cause, with

@@ -115,6 +115,7 @@ def test_every_step_damaged_starts_afresh(tmp_path):
     checkpoints.close()
 
 
+@pytest.mark.slow
 def test_a_run_resumes_from_the_newest_intact_step(photo_folder, tmp_path, caplog):
     """The whole trainer: its latest step damaged, a rerun resumes from the
     step before and finishes (not from wrong numbers)."""

@@ -188,6 +188,7 @@ def test_a_pickle_that_would_run_code_is_refused_and_runs_nothing(payload, layou
     assert not Path("pwned").exists()
 
 
+@pytest.mark.slow
 def test_the_convert_command_refuses_a_hostile_file_in_one_line(tmp_path):
     _write_zip(tmp_path / "RN50.pt", pickle.dumps({"visual.x": _CreatesAFile()}, protocol=2))
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[2])}

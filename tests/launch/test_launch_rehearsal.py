@@ -26,6 +26,8 @@ import pytest
 from support import gcs_emulator
 from support.run_main import REPO
 
+pytestmark = pytest.mark.slow  # subprocesses or the storage emulator: the full suite runs it
+
 JAX_VERSION = next(
     line.split("==")[1].strip()
     for line in (REPO / "requirements.txt").read_text().splitlines()

@@ -77,6 +77,7 @@ def _check_provisioned(done, tmp_path):
     assert not (tmp_path / "home" / ".local").exists()  # Nothing in the user's site.
 
 
+@pytest.mark.slow
 def test_provision_inside_an_activated_virtual_environment(offline_pip, tmp_path):
     """The issue: pip refused `--user` here ("Can not perform a '--user'
     install"), so the launchers and .ci/python312.sh failed in any venv."""

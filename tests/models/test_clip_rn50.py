@@ -343,6 +343,7 @@ def test_missing_file_is_named(tmp_path, monkeypatch):
         clip_weights.load_grepq_high_level("weights.pth")
 
 
+@pytest.mark.slow
 def test_the_package_never_imports_torch():
     code = ("import sys, grepq_jax.formats.pytorch.clip_weights, grepq_jax.models.clip_rn50_text, "
             "grepq_jax.commands.convert, grepq_jax.released.packaging; sys.exit('torch' in sys.modules)")
@@ -379,6 +380,7 @@ def _full_rn50_state(seed=11):
     return reference.random_state_dict(shapes, seed)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("size, position_embedding", [((224, 224), "resize"), ((256, 192), "none")])
 def test_full_rn50_matches_openai_live(openai, size, position_embedding):
     torch, model = openai
@@ -400,6 +402,7 @@ def test_full_rn50_matches_openai_live(openai, size, position_embedding):
     assert error <= FULL_ATOL
 
 
+@pytest.mark.slow
 def test_full_text_tower_matches_openai_encode_text_live(openai):
     torch, model = openai
     # A tiny image tower beside RN50's text tower (the CLIP class builds both).

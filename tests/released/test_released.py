@@ -91,6 +91,7 @@ def _high_level_export(directory):
     return directory
 
 
+@pytest.mark.slow
 def test_rebuilt_released_weights_score_as_the_original(tmp_path):
     stored = _stored()
     tree, metadata = packaging.low_level_export_tree(reference.low_level_state_dict(),
@@ -125,6 +126,7 @@ def test_rebuilt_released_weights_score_as_the_original(tmp_path):
                                                             abs=1e-6)
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not HAS_TORCH, reason="writing the released files needs torch")
 def test_released_files_package_into_a_model_folder_scoring_as_the_original(tmp_path):
     files = reference.write_released_files(tmp_path)

@@ -226,6 +226,7 @@ DAMAGES = [
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case, damage, file, message", DAMAGES,
                          ids=[case[0] for case in DAMAGES])
 def test_a_damaged_model_folder_is_refused_at_open(case, damage, file, message,
@@ -252,6 +253,7 @@ def test_the_undamaged_folder_loads_with_its_regressor(regressor_folder):
     assert model.feature_width("projection") == 16 + 8
 
 
+@pytest.mark.slow
 def test_damaged_parameters_end_the_command_in_one_line(regressor_folder, tmp_path):
     """As a user runs it: no traceback from Orbax's threads at shutdown either."""
     folder = tmp_path / "model"
@@ -280,6 +282,7 @@ def test_an_encoder_without_encoder_json_is_refused_naming_the_file(regressor_fo
     assert str(raised.value) == f"{folder / 'low_level' / encoder_export.METADATA} is missing"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("pathway", ["low_level", "high_level"])
 def test_a_training_export_given_as_the_model_says_how_to_package_it(
         request, tmp_path, pathway):

@@ -70,6 +70,7 @@ def half_noisy(tmp_path_factory):
     return folder
 
 
+@pytest.mark.slow
 def test_the_noisy_half_comes_out_worse(model_folder, half_noisy):
     distance_map = api.create_scorer(model_folder).quality_map(half_noisy / "a/cat.png")
     assert distance_map.shape == (300, 451)

@@ -63,6 +63,7 @@ def _expected_high_level(image):
     return float(zero_shot.high_level_score(np.asarray(emb), prompts)[0])
 
 
+@pytest.mark.slow
 def test_an_rn50_folder_scores_whole_images_in_inference_mode(rn50_folder, tmp_path):
     scorer = api.create_scorer(rn50_folder, mode="zero_shot_high")
     assert scorer.model.high_level.min_side == clip_rn50.MIN_SIDE
@@ -85,6 +86,7 @@ def test_an_image_below_rn50s_minimum_gets_an_error_row(rn50_folder, tmp_path):
                             "encoder's minimum (31 px)")
 
 
+@pytest.mark.slow
 def test_evaluate_runs_on_an_rn50_folder(rn50_folder, tmp_path):
     root = write_csv_dataset(tmp_path / "dataset", 12, 0)
     out = tmp_path / "out"
@@ -202,6 +204,7 @@ def test_a_bad_released_file_leaves_no_output(tmp_path, rn50_export):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["low_level_model_weights.tar"]
 
 
+@pytest.mark.slow
 def test_the_released_high_level_export_packages_alone(tmp_path, rn50_export):
     (tmp_path / "out").mkdir()  # an empty folder is taken, as export takes it
     description = packaging.package_released_grepq(tmp_path / "out",

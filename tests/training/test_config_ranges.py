@@ -86,6 +86,7 @@ def test_every_shipped_variant_is_in_range(pathway, variant):
         assert config_ranges.range_errors(CONFIGS[pathway].get_config(name)) == []
 
 
+@pytest.mark.slow
 def test_the_command_prints_each_field_in_one_line_and_exits_2(tmp_path):
     child = subprocess.run(
         main_command("configs/low_level.py:tiny", "runs/x",
@@ -105,6 +106,7 @@ def test_the_command_prints_each_field_in_one_line_and_exits_2(tmp_path):
     assert not (REPO / "runs" / "x").exists()
 
 
+@pytest.mark.slow
 def test_an_untrained_export_has_its_own_flag(tmp_path):
     """What `num_epochs=0` was used for (benchmarks/bench_quality.py's
     baseline row): the initial encoder exported, nothing trained or saved."""

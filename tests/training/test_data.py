@@ -230,6 +230,7 @@ def test_transparent_pixels_composite_over_white(tmp_path):
     np.testing.assert_allclose(image[3, 3], [1, 1, 1], atol=1e-6)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("workers", [0, 2])
 def test_bad_files_are_skipped_with_reasons_and_the_rest_used(odd_folder, workers,
                                                               fake_fsim, caplog):
@@ -437,6 +438,7 @@ def test_iterate_yields_the_same_batches_and_stops_its_thread(photo_folder, fake
     assert not started[0].is_alive()  # close() joined it.
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("workers", [2, -1])
 def test_worker_processes_yield_the_same_batches_and_stop(photo_folder, fake_fsim,
                                                           workers):
@@ -545,6 +547,7 @@ def test_only_the_writing_process_stores_the_label_cache(photo_folder, fake_fsim
     assert fake_fsim.checks == checks  # Every process reads what process 0 wrote.
 
 
+@pytest.mark.slow
 def test_real_fsim_soft_labels(photo_folder):
     """Uses the real grepq_jax.training.labels.fsim: these are the labels training sees."""
     dataset = low_level.create_low_level_dataset(

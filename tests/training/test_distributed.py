@@ -16,6 +16,8 @@ from conftest import assert_same_training, params_of, read_scalars
 from support import gated_main
 from support.run_main import Child, child_env, free_port
 
+pytestmark = pytest.mark.slow  # subprocesses or the storage emulator: the full suite runs it
+
 STEPS = 6
 # XLA's log line once JAX's preemption protocol has picked the step to stop at.
 SYNC_POINT_SET = "Preemption sync counter is set"

@@ -27,6 +27,9 @@ from support.interrupted_runs import (TOTAL_STEPS, assert_same_bits, committed_s
                                       run_command, tiny_config)
 from support.run_main import Child, child_env
 
+pytestmark = pytest.mark.slow  # subprocesses or the storage emulator: the full suite runs it
+
+
 @pytest.fixture(scope="module")
 def uninterrupted(photo_folder, tmp_path_factory):
     """(params, batch_stats) of the run that nothing stops."""

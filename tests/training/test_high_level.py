@@ -78,6 +78,7 @@ def test_predistorted_layout_reads_the_ref_file(tmp_path):
     ]
 
 
+@pytest.mark.slow
 def test_objective_groups_by_prompt_similarity(tiny_clip_dir):
     """The loss uses exactly the images the prompts rank best and worst."""
     bundle = clip.load_clip(str(tiny_clip_dir))
@@ -120,6 +121,7 @@ def test_objective_groups_by_prompt_similarity(tiny_clip_dir):
     assert any(np.any(g != 0) for g in jax.tree.leaves(grads["encoder"]))
 
 
+@pytest.mark.slow
 def test_tiny_run_lowers_the_loss_resumes_and_exports(
     photo_folder, tiny_clip_dir, tmp_path
 ):

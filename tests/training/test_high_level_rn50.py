@@ -79,6 +79,7 @@ def _ours(state, data):
     return loss, grads, batch_stats["encoder"], metrics
 
 
+@pytest.mark.slow
 def test_step_matches_the_pytorch_original():
     stored, data = _stored(), step_reference.inputs()
     state = step_reference.visual_state()
@@ -117,6 +118,7 @@ def _tree_equal(a, b):
     jax.tree.map(np.testing.assert_array_equal, jax.device_get(a), jax.device_get(b))
 
 
+@pytest.mark.slow
 def test_tiny_rn50_trains_updates_statistics_exports_and_resumes(photo_folder, tmp_path,
                                                                  monkeypatch):
     monkeypatch.chdir(tmp_path)  # relative workdirs, as users type them
@@ -168,6 +170,7 @@ def test_tiny_rn50_trains_updates_statistics_exports_and_resumes(photo_folder, t
 
 # --- the export, and loading errors ------------------------------------------------
 
+@pytest.mark.slow
 def test_the_export_reader_loads_both_towers_in_inference_mode(tmp_path):
     tiny = high_level_pathway.write_tiny_rn50(str(tmp_path / "rn50"), PROMPTS)
     exported = high_level_export.read(tiny)

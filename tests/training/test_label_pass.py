@@ -105,6 +105,7 @@ def test_progress_bar_shows_groups_per_second_and_logs(photo_folder, counting,
     assert "FSIM soft labels: 6/6 groups (0 cached), 0 skipped" in caplog.text
 
 
+@pytest.mark.slow
 def test_real_labels_of_many_sizes_equal_fsim_at_each_size(photo_folder):
     """The real FSIM: every group its own size, a few programs for all."""
     before = fsim_bucketed.compiled_programs()

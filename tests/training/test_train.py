@@ -123,6 +123,7 @@ def short_run(photo_folder, tmp_path_factory):
     return config, workdir, trainer.train_and_evaluate(config, str(workdir))
 
 
+@pytest.mark.slow
 def test_training_lowers_the_loss_and_exports(short_run):
     config, workdir, state = short_run
     assert int(state.step) == 48  # 8 groups / batch of 4 = 2 steps an epoch
@@ -157,6 +158,7 @@ def test_training_learns_to_order_held_out_versions_by_quality(short_run):
     assert after > 0.1 and after - before > 0.15, (before, after)
 
 
+@pytest.mark.slow
 def test_resume_continues_from_the_checkpoint(photo_folder, tmp_path):
     """A run that died after step 1 of 3 resumes there: it runs and logs
     steps 2 and 3 only, and ends where an uninterrupted run does. (Retraining
@@ -179,6 +181,7 @@ def test_resume_continues_from_the_checkpoint(photo_folder, tmp_path):
     assert_trees_close(params_of(resumed), params_of(uninterrupted), rtol=0, atol=0)
 
 
+@pytest.mark.slow
 def test_eight_devices_match_one(photo_folder, tmp_path):
     assert jax.device_count() == 8, "tests/conftest.py sets 8 CPU devices"
     results = {}

@@ -12,8 +12,12 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 from support import gated_main
 from support.run_main import REPO, TIMEOUT_S, Child, child_env, main_command
+
+pytestmark = pytest.mark.slow  # subprocesses: the full suite runs them
 
 FLAGS = ("--config.num_devices=1", "--config.num_epochs=1")
 

@@ -64,6 +64,7 @@ def stored_cases():
     return expected, computed
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", list(reference.CASES))
 def test_matches_stored_piq_matrices_at_odd_sizes(stored_cases, name):
     expected, computed = stored_cases
@@ -80,6 +81,7 @@ def test_stored_cases_cover_three_downsampling_factors():
     assert factors == {1, 2, 3}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("height,width", [(53, 71), (389, 263)])
 def test_matches_live_piq(height, width):
     piq = pytest.importorskip("piq")
@@ -94,6 +96,7 @@ def test_matches_live_piq(height, width):
     np.testing.assert_allclose(matrix[rows, cols], scores, rtol=0, atol=PIQ_TOLERANCE)
 
 
+@pytest.mark.slow
 def test_equals_the_per_shape_program_for_groups_of_mixed_sizes():
     groups = [photo_group(h, w, seed=h) for h, w in [(45, 61), (61, 45), (70, 99), (44, 60)]]
     matrices = fsim_bucketed.fsim_matrices(groups, data_range=255)
@@ -104,6 +107,7 @@ def test_equals_the_per_shape_program_for_groups_of_mixed_sizes():
     assert len({m[0, 1] for m in matrices}) == 4  # Each group its own matrix, in order.
 
 
+@pytest.mark.slow
 def test_compiled_programs_stay_bounded_as_distinct_sizes_grow():
     # 30 distinct shapes with 2,600 to 4,000 pixels after down-sampling fall in
     # three buckets (3,072, 3,584 and 4,096 pixels): at most 3 new programs.

@@ -55,6 +55,7 @@ DAMAGES = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("damage", list(DAMAGES))
 def test_bad_cached_matrices_are_recomputed_naming_the_file(
         first_pass, tmp_path, monkeypatch, caplog, damage):
