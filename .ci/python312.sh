@@ -18,5 +18,5 @@ export UV_PYTHON_DOWNLOADS=never UV_SYSTEM_CERTS=true
 python="$(bash launch/provision.sh --venv "$venv" --python "$python312" \
   --jax cpu --extra test)"
 "$python" --version
-"$python" -m pytest -q -p no:cacheprovider tests/test_train.py \
-  tests/test_export_score.py tests/test_faults.py tests/test_gcs_emulator.py
+"$python" -m pytest -q -p no:cacheprovider tests/training/test_train.py \
+  tests/commands/test_export_score.py tests/training/test_faults.py tests/test_gcs_emulator.py

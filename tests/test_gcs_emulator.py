@@ -9,7 +9,7 @@ emulator's own JSON API, not through the clients under test.
 
 The training run is the one of training/test_faults.py (12 steps, a checkpoint each
 step, 3 kept), killed after its third save (held before step 5 by
-tests/gated_main.py) and run again: it must end with the parameters of an
+tests/support/gated_main.py) and run again: it must end with the parameters of an
 uninterrupted local run, bit for bit.
 """
 
@@ -70,7 +70,7 @@ def killed_and_resumed(gcs, photo_folder, tmp_path_factory):
     Returns (last committed step before the restart, the restart's log)."""
     logs = tmp_path_factory.mktemp("gs_run_logs")
     env = dict(child_env(devices=8), **gcs.env)
-    gates = logs / "gates"  # tests/gated_main.py holds the first run there
+    gates = logs / "gates"  # tests/support/gated_main.py holds the first run there
 
     def saved(step):
         time.sleep(0.2)  # the emulator serves one request at a time
@@ -178,7 +178,7 @@ def test_a_model_packaged_from_the_gs_export_scores_like_the_local_one(
 @pytest.mark.xfail(
     strict=True,
     # tensorstore refuses the local path ".../gs:/bucket/...", which
-    # checkpoint.write_export reports as a CheckpointError.
+    # encoder_export.write reports as a CheckpointError.
     raises=(ValueError, checkpoint.CheckpointError),
     reason="packing.export_model and quality_model read and write model "
     "folders with pathlib, which turns gs://b/m into the local path gs:/b/m",

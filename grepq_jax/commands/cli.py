@@ -1,25 +1,11 @@
-"""Command-line plumbing shared by the entry points, and the `grepq` command.
+"""The `grepq` dispatcher and the flag plumbing every command shares.
 
-    grepq train --config=configs/low_level.py --workdir=runs/low_level
-    grepq export --low_level=runs/low_level/export --out=models/grepq
-    grepq score --model=models/grepq photos/
-    grepq evaluate --model=models/grepq --dataset=csv --root=DIR --out=results
-    grepq convert --clip=RN50.pt --out=runs/rn50/export
-    grepq download        (the released GRepQ model, then --model=grepq)
-
-`grepq COMMAND ...` is `python -m grepq_jax.COMMAND ...` (train is
-grepq_jax.commands.train); both forms stay.
-
-Each entry point but training defines its flags on its own
-`flags.FlagValues`, not on the global `flags.FLAGS`: they share names
-(--model, --out), and importing one as a library (`grepq_jax.create_scorer`)
-must not add flags to the caller's program. `run` is `app.run` for such a
-flag set; `parse` lets tests call an entry point's `main` in-process.
-
-Run as commands, the entry points set USE_TORCH=0 (unless it is set) before
-anything imports transformers: they use only its Flax CLIP layers, and
-transformers would otherwise import PyTorch, where installed, for nothing
-(about 4 s and 0.7 GB of memory). Imported as libraries, they leave it be.
+Each command but training defines its flags on its own `flags.FlagValues`,
+not on the global `flags.FLAGS`: they share names (--model, --out), and
+importing one as a library must not add flags to the caller's program.
+Run as commands, they set USE_TORCH=0 (unless set) before transformers is
+imported: only its Flax CLIP layers are used, and it would otherwise import
+PyTorch, where installed, for nothing (about 4 s and 0.7 GB).
 """
 import importlib
 import os

@@ -1,19 +1,7 @@
-"""Converts released PyTorch CLIP RN50 / GRepQ weights into a high-level export.
-
-    python -m grepq_jax.convert --clip=RN50.pt \
-        --grepq_high_level=high_level_model_weights.pth --out=exports/grepq_high_level
-
-Writes a high-level export (the format of high_level_export.py, as a
-training run writes it) with encoder "clip_rn50", step 0 and
-"converted_from": the two files. It holds the image tower (GRepQ's fine-tuned
-one with --grepq_high_level, else OpenAI's own) with its BatchNorm
-statistics, and the prompt embeddings of OpenAI's frozen text tower, as GRepQ
-scores with them. `configs/high_level.py:paper` trains from OpenAI's, as the
-paper does.
-
-The weight files are read without torch and without running anything they
-hold (torch_files); the tokenizer is built from OpenAI's BPE vocabulary,
-which ships in the package (--bpe to use another).
+"""`grepq convert`: its flags and exit codes. With --clip (and
+--grepq_high_level) it writes a high-level export
+(formats/pytorch/clip_export.py); with --grepq_low_level, a whole model folder
+from the released GRepQ files (released/packaging.py).
 """
 import json
 import pathlib

@@ -1,15 +1,6 @@
-"""The released GRepQ model, fetched, checked and converted, in one command.
-
-    grepq download                       # prints the model folder's path
-    grepq score --model=grepq photos/    # the name finds it in the cache
-
-Fetches OpenAI's RN50.pt (SHA-256 checked) and GRepQ's three released files
-into the cache ($GREPQ_HOME, else $XDG_CACHE_HOME/grepq_jax, else
-~/.cache/grepq_jax), resuming an interrupted transfer, then converts them as
-`grepq convert` does (downloads.py). Without a network it says, in
-one line, which files to fetch by hand, where to put them and the convert
-command to run. Exit 1 when a file cannot be fetched, 2 when one does not
-convert (the message names it).
+"""`grepq download`: the released GRepQ model fetched and converted
+(released/downloads.py). Exit 1 when a file cannot be fetched (the message
+says what to fetch by hand and where), 2 when one does not convert.
 """
 import sys
 

@@ -1,62 +1,9 @@
-"""Evaluates a model folder on an IQA dataset: zero-shot and data-efficient.
-
-    python -m grepq_jax.evaluate --model=models/grepq --dataset=koniq10k \
-        --root=/data/koniq10k --out=results/koniq --num_train=25,50,100,200
-
-Writes into --out (and nowhere else, unless --fit_regressor_into_model):
-  features_<dataset>.npz  every image's zero-shot scores and features (both
-                          low-level kinds), computed once (whole image, own
-                          resolution) and reused by the next run with the
-                          same model and dataset (keyed by a hash of both),
-                          whatever the protocol options
-  results.csv, results.md SROCC / PLCC: median, interquartile range and std
-                          over the splits (zero-shot: the whole dataset);
-                          results.md also states the split protocol, the
-                          features, the mapping and any image skipped
-  srocc_vs_labels.png     median SROCC (bars: quartiles) against the number
-                          of labelled images, zero-shot SROCC as lines
-  predicted_vs_true.png   test predictions against the true scores, for the
-                          split whose SROCC is the median (of an even count
-                          of splits: the lower middle one) at the largest
-                          number of labelled images; its title says which
-  skipped.csv             images that could not be used, and why (if any;
-                          their count and this file are also printed)
-
-The features and their cache are made in evaluation/feature_cache.py, the
-table in evaluation/results_table.py, the figures in evaluation/plots.py.
-
-Scores are oriented so higher is better: a dataset whose scores fall with
-quality (LIVE's or CSIQ's DMOS) is read as low + high - score on its
-nominal range. The data-efficient protocol fits a ridge (alpha from
-{0.1, 1, 10, 100} by 5-fold CV inside the training images) on n labelled
-images and tests it, over --splits seeded splits:
-- authentic-distortion datasets (no image has a reference: KonIQ-10k,
-  CLIVE, FLIVE, SPAQ, AGIQA-3K, a CSV without a reference column) are split
-  by image: n images drawn at random, all the others tested;
-- synthetic-distortion datasets (LIVE, CSIQ, TID2013, KADID-10k, a CSV
-  with a reference column) are split by reference, so that no content is
-  both trained on and tested: round(0.2 R) (at least 1) of the R references
-  are drawn and all their images are the test set; the n labelled images
-  are drawn from the images of the other references (the rest of those are
-  unused). An image without a reference counts as its own.
-The table's "split by" column says which; "n test" is then the median
-test-set size over the splits.
-Features: the high-level embedding joined with the low-level 128-d head
-output (--features=projection, the paper's code) or the 512-d pooled
-encoder features (--features=pooled), of the encoders the model has. PLCC
-is computed after the mapping named by --mapping (poly3: the paper's code;
-logistic4: the VQEG four-parameter logistic); results.md says which.
-
-Each file is written under a temporary name and renamed when complete; a
-file --out would receive that is the model folder's or a dataset's image is
-refused before any work.
-
-Exit status: 0 done; 2 a usage or input error (bad flag, dataset layout,
-model folder, too many labelled images, an output onto an input), in one
-line; 1 a failure while running (too few usable images, with why the others
-were skipped; scores that do not vary, so no correlation is defined; a full
-disk; anything unexpected), in one line, an unexpected one's traceback kept
-in --out/traceback.txt.
+"""`grepq evaluate`: its flags, the files it writes into --out, and exit
+codes: 0 done; 2 a usage or input error (a flag, a dataset's layout, the model
+folder, too many labelled images, an output onto an input), in one line; 1 a
+failure while running (too few usable images, scores that do not vary, a full
+disk, anything unexpected: its traceback kept in --out/traceback.txt). The
+protocol is grepq_jax/evaluation/'s; the README describes its outputs.
 """
 import os
 import json

@@ -1,22 +1,6 @@
-"""Packages exported encoders into one self-contained scoring model folder.
-
-    python -m grepq_jax.export --low_level=runs/low_level/export \
-        --high_level=runs/high_level/export --out=models/grepq
-
-Copies each encoder export (its parameters and encoder.json), computes the
-pristine statistics once with the low-level encoder (from --pristine, a
-folder of pristine images, --pristine_patches, the original GRepQ's patch
-file, or by default the embedded photographs), and writes the folder's
-description, model.json, last. Either encoder may be left out. The layout is
-described in grepq_jax/scoring/model_folder.py; `python -m grepq_jax.evaluate
---fit_regressor_into_model` adds a regressor later. Nothing is written
-outside --out, which must be new or empty and apart from every input (exit 2
-otherwise).
-
-While the folder is filled it holds model_folder.UNFINISHED_MARKER, which
-makes it unusable; a failure (a full disk: one line, exit 1) empties it
-again, and an export that was killed leaves the marker, so running the same
-command again replaces the unfinished folder.
+"""`grepq export`: its flags and exit codes (2 a usage or input error: an
+unusable export, --out not new or overlapping an input; 1 a failure such as a
+full disk). What it writes is scoring/packing.py's.
 """
 import json
 import logging as std_logging

@@ -1,56 +1,7 @@
-"""Scores images with a model folder: the `create_scorer` API and the CLI.
-
-    python -m grepq_jax.score --model=models/grepq photos/ extra.jpg \
-        --output=scores.csv [--json=scores.json] [--mode=zero_shot]
-
-The model folder is checked completely before any image is read or any
-output written: a damaged one stops the command with one line naming the
-file and key (exit 2).
-
-Files and folders (searched recursively for image suffixes; a file named
-explicitly is read whatever its suffix) are scored at their own resolution,
-streaming: rows are written and flushed as they are done, so memory stays
-flat over a folder of any size. Files without an image suffix and links to
-folders (not followed) are counted and listed on stderr at the end. The CSV
-(stdout when --output is not given; "\\n" line endings) has the columns
-    path, low_level, high_level, combined, error   (zero-shot modes)
-    path, prediction, error                        (regressor mode)
-with a part a mode does not compute left empty. Paths are written as text
-with each byte that is not UTF-8 shown as \\xNN (the same in CSV, JSON and
-on stdout). A file that cannot be read, is too small or has more than
---max_pixels pixels gets a row with its error and the rest are scored; a
-score is never written as NaN or inf (such a row holds an error instead).
-The exit code is 0 if every file was scored, 1 if any failed (or none was
-found), 2 for bad flags, an unusable model folder or outputs that clash, 1
-for a full disk (in one line). --json writes the same rows as a JSON array.
-A progress bar goes to stderr.
-
-Outputs never touch inputs or each other: --output, --json and --maps are
-checked against the model folder, the inputs and one another (resolved,
-links followed) before any work, and a clash is refused (exit 2). The CSV
-and JSON files are written beside their targets under temporary names and
-renamed into place when complete, so a failure or an interrupt leaves no
-empty or partial file (on stdout, rows stream as they are done).
-
---maps=DIR also writes, per scored image, DIR/NAME.png: the image beside a
-map of where it looks damaged (each low-level patch's distance to the
-pristine Gaussian, with a colour bar; `Scorer.quality_map` gives the array).
-NAME is the file's stem (NAME-2, NAME-3... when stems repeat). Making a map
-reads the image and runs the low-level encoder a second time.
-
-Memory: with the low-level score alone each image is held as its file's
-pixels (uint8: 3 bytes a pixel) and made float one chunk of patches at a
-time; whole-image encoders take batches of at most --batch_size images and
---batch_pixels pixels as float32 (a larger image alone). Memory thus
-depends on the largest image, never on the number of files.
-
-Modes (every score: higher is better):
-    zero_shot        low + high, in (0, 1.5)   (the paper's combination)
-    zero_shot_low    low-level Gaussian distance score, in (0, 0.5]
-    zero_shot_high   prompt score sigmoid(10 (s_good - s_bad)), in (0, 1)
-    regressor        the fitted ridge's prediction, on the quality scale it
-                     was fitted to (regressor.json's score_range, nominal:
-                     not clipped; oriented so higher is better)
+"""`grepq score`: its flags, the outputs checked against the inputs before
+any work, and exit codes: 0 every file scored, 1 any failed (or none found, or
+a full disk), 2 bad flags, an unusable model folder or outputs that clash.
+Scoring is scoring/api.py's; rows and maps are written by scoring/batch.py.
 """
 import contextlib
 import os

@@ -1,21 +1,8 @@
-"""Trains a GRepQ encoder.
-
-    grepq train --config=configs/low_level.py --workdir=runs/low_level
-    python -m grepq_jax.main --config=configs/low_level.py --workdir=runs/low_level
-
-Any config field can be overridden, e.g. `--config.batch_size=16`; a field
-that does not exist stops the run at once, naming it. Running the same command
-again resumes from the latest checkpoint, also after a SIGTERM or a crash.
-
-Several processes (TPU pod slices, GPU clusters) join one job when the
-environment says so (SLURM, Open MPI, Cloud TPU: detected by JAX) or when
-given `--coordinator_address`, `--num_processes` and `--process_id`; see
-launch/ and docs/scaling.md.
-
-Exit codes: 0 done (or stopped by SIGTERM and saved), 2 a usage error (flags,
-a config field out of its range, a workdir in use by another run, data
-folder), 1 a failure (a full disk, a checkpoint that cannot be written, a
-non-finite loss, a checkpoint that cannot be loaded).
+"""`grepq train` (`python -m grepq_jax.main`): its flags, joining a
+multi-process job, and exit codes: 0 done (or stopped by SIGTERM and saved),
+2 a usage error (flags, a config field or its range, the data folder, a
+workdir in use), 1 a failure (a full disk, a checkpoint, a non-finite loss).
+The trainer itself is grepq_jax/training/trainer.py.
 """
 
 from grepq_jax.commands import quiet_logs  # Before TensorFlow, JAX and transformers load.

@@ -1,7 +1,7 @@
 """The high-level encoder export: a trained CLIP image tower and its prompt embeddings.
 
 The one owner of the format. The high-level training run writes it
-(pathways/high_level.py), and so does `grepq convert` from PyTorch files;
+(training/pathways/high_level.py), and so does `grepq convert` from PyTorch files;
 `read` loads either tower and checks it array by array. An encoder export
 (encoder_export.py: the tree in params/, the metadata in encoder.json):
 

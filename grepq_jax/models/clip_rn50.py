@@ -8,7 +8,7 @@ of the global average: the mean token is prepended, a positional embedding
 added, and the mean token's multi-head attention output projected.
 
 Module names mirror OpenAI's clip/model.py, so weights convert one to one
-(clip_rn50_convert.py holds the mapping):
+(formats/pytorch/clip_rn50_keys.py holds the mapping):
 
     conv1, bn1, conv2, bn2, conv3, bn3          stem: W/2, W/2, W channels
     layer{s}_{i}/conv1, bn1, conv2, bn2, conv3, bn3

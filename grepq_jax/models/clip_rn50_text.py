@@ -4,7 +4,7 @@ OpenAI's text transformer is the one Hugging Face's CLIP text model
 implements: pre-LayerNorm blocks, QuickGELU, a causal mask, the final
 LayerNorm taken at the end-of-text token, then a bias-free projection. RN50's:
 width 512, 12 layers, 8 heads, context 77, vocabulary 49408, projection to
-1024. `clip_rn50_convert.convert_openai_text` turns OpenAI's state dict into
+1024. `formats/pytorch/clip_rn50_keys.convert_openai_text` turns OpenAI's state dict into
 this module's params; the prompt embeddings are then those of
 `clip.encode_prompts`, since a `TextTower` has the fields it reads.
 

@@ -1,7 +1,7 @@
 """ResNet encoders with torchvision's architecture and parameter layout, minus `fc`.
 
 Module names mirror torchvision so that weights convert one-to-one
-(`torch_convert.py` holds the mapping): `conv1`, `bn1`, then blocks
+(`formats/pytorch/resnet_weights.py` holds the mapping): `conv1`, `bn1`, then blocks
 `layer{1..4}_{i}`, each with `conv1`, `bn1`, `conv2`, `bn2` (`conv3`, `bn3` in a
 Bottleneck) and, where the shape changes, `downsample_conv`, `downsample_bn`.
 Variables: `params` (float32 whatever `dtype` is) and `batch_stats`.

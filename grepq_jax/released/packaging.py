@@ -13,14 +13,14 @@ The authors released three files (their README links them):
                                   (zeroshot_ll_model.pristine), see scoring/pristine.py
 
 `package_released_grepq` converts the first into a low-level export in the
-format a low-level training run writes (pathways/low_level.py), takes the
+format a low-level training run writes (training/pathways/low_level.py), takes the
 second as a high-level export (`grepq convert` output) or converts it with
 OpenAI's RN50.pt for the text tower, and packages both with
 `packing.export_model`, the pristine statistics taken from the patch file (or
 from a folder of pristine images). Everything is written into a staging
 folder beside `out` and renamed into place at the end, so an error leaves
 nothing half-written. The PyTorch files are read without torch
-(torch_files); the patch file needs h5py.
+(formats/pytorch/weight_files.py); the patch file needs h5py.
 """
 import os
 import pathlib
@@ -43,7 +43,7 @@ _LOW_LEVEL_CHECKPOINT_KEYS = ("model", "state_dict")
 def read_low_level_checkpoint(path) -> tuple[dict[str, np.ndarray], int]:
     """train_llm.py's checkpoint -> ({key: float32 array} of the model, iteration).
 
-    Read by torch_files (no torch; tensors and containers only). Raises
+    Read by weight_files (no torch; tensors and containers only). Raises
     ValueError naming the file and the key when it is not such a checkpoint.
     """
     loaded = weight_files.load(path)
@@ -63,7 +63,7 @@ def read_low_level_checkpoint(path) -> tuple[dict[str, np.ndarray], int]:
 
 def low_level_export_tree(state_dict: dict[str, np.ndarray], source: str
                           ) -> tuple[dict, dict]:
-    """An LLModel state dict -> (tree, metadata) as pathways/low_level.py exports them.
+    """An LLModel state dict -> (tree, metadata) as training/pathways/low_level.py exports them.
 
     Raises ValueError naming `source` and the key that does not fit.
     """

@@ -1,7 +1,4 @@
-"""The side that uses trained encoders: model folders, the encoders in
-inference mode, the quality model and its zero-shot scores.
-
-It stands on `models/`, `checkpoint` and `data/images` only, never on the
-training side (train, pathways/, the data pipelines); import-linter's
-contracts in pyproject.toml keep it so.
+"""The side that uses trained encoders: a model folder applied to images,
+zero-shot scores, quality maps, the Scorer API. It never imports
+grepq_jax.training (import-linter's contract in pyproject.toml).
 """

@@ -66,7 +66,7 @@ def default_mode(model: qm.QualityModel) -> str:
 
 
 def as_pixels(image, *, max_pixels: int = images.MAX_PIXELS) -> np.ndarray:
-    """A path, PIL image or array -> pixels as `data.images.read_pixels` gives them.
+    """A path, PIL image or array -> pixels as `formats.images.read_pixels` gives them.
 
     Paths: str, bytes or os.PathLike. Arrays: (H, W, 3) floating point in
     [0, 1], or uint8 (H, W, 3) / (H, W). PIL images get their EXIF

@@ -20,7 +20,7 @@ from grepq_jax.scoring.api import Scorer, ScoreResult, as_pixels, describe, prin
 def iter_image_paths(paths: Iterable[str], skips: images.WalkSkips | None = None
                      ) -> Iterator[pathlib.Path]:
     """Each path itself if not a folder (reading it reports a missing file),
-    else the entries with image suffixes under it (`data.images.walk_image_files`,
+    else the entries with image suffixes under it (`formats.images.walk_image_files`,
     lazily); what the walks pass over is counted in `skips`.
     """
     for path in map(pathlib.Path, paths):

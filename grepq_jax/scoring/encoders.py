@@ -45,7 +45,7 @@ class LowLevelEncoder:
 
     @classmethod
     def from_export(cls, directory, *, chunk: int) -> "LowLevelEncoder":
-        """From a low-level export folder (pathways/low_level.py writes it), checked."""
+        """From a low-level export folder (training/pathways/low_level.py writes it), checked."""
         tree, metadata, source = encoder_export.read_checked(directory, "low_level")
         return cls.from_tree(tree, metadata, chunk=chunk, source=source)
 

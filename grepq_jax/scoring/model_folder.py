@@ -1,5 +1,5 @@
 """The scoring model folder's format: its file names, reading them checked,
-and adding a regressor. `grepq export` (export.py) packages a folder;
+and adding a regressor. `grepq export` (scoring/packing.py) packages a folder;
 `QualityModel.load` (quality_model.py) reads one through this module.
 
 A model folder (written by `grepq_jax.commands.export`) holds:
@@ -8,7 +8,7 @@ A model folder (written by `grepq_jax.commands.export`) holds:
                               "regressor"}: what is present; "zero_shot":
                              {"patch_size", "stride"}; "pristine": {"source",
                              "num_patches", "skipped_images"}
-    low_level/               an encoder export (checkpoint.write_export:
+    low_level/               an encoder export (formats/encoder_export.py:
                              params/ and encoder.json) of {"params",
                              "batch_stats"} and {"pathway", "model", "step"}
     high_level/              an encoder export of {"encoder",

@@ -16,7 +16,7 @@ Evaluation/compute_statistical_deviation.py (`NIQE.batch_covariance`):
 
 Pixel values are float in [0, 1] (torchvision's ToTensor), shape
 (..., H, W, 3) channels-last; a scored image may also be held as uint8 or
-uint16 pixels (`data.images.read_pixels`), each chunk of its patches made
+uint16 pixels (`formats.images.read_pixels`), each chunk of its patches made
 float on its own.
 """
 import dataclasses

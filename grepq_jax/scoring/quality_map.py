@@ -18,7 +18,7 @@ def patch_distances(image: np.ndarray, features_fn: FeaturesFn, stats: PristineS
     """(rows, cols) float64: each patch's distance to the pristine Gaussian.
 
     image: pixels as the zero-shot score takes them ((H, W, 3) float in [0, 1],
-    or uint8/uint16 as `data.images.read_pixels` gives them), cut into
+    or uint8/uint16 as `formats.images.read_pixels` gives them), cut into
     `stats.patch_size` patches at `stride`, row by row, remainder dropped.
     """
     rows, cols = patch_grid(image.shape[0], image.shape[1], stats.patch_size, stride)

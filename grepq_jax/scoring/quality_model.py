@@ -163,7 +163,7 @@ class QualityModel:
 
     def low_level_score(self, image: np.ndarray) -> float:
         """Zero-shot low-level score of one image: (H, W, 3 or 4) pixels as
-        `data.images.read_pixels` gives them, or float32 in [0, 1]."""
+        `formats.images.read_pixels` gives them, or float32 in [0, 1]."""
         stats = self.pristine_stats
         return zero_shot.image_low_level_score(
             image, self.low_level.patch_features, stats, patch_size=stats.patch_size,
@@ -226,7 +226,7 @@ class QualityModel:
                 ) -> Iterator[tuple[Any, ImageAnalysis | Exception]]:
         """(key, image or the error reading it) -> (key, analysis or error), in order.
 
-        Images: (H, W, 3 or 4) pixels as `data.images.read_pixels` gives
+        Images: (H, W, 3 or 4) pixels as `formats.images.read_pixels` gives
         them, or (H, W, 3) float32 in [0, 1]. With only "low_level_score"
         needed, each image is analysed as it arrives (one held at a time).
         Otherwise items are gathered until `batch_size` images or

@@ -72,7 +72,7 @@ def image_low_level_distance(image: np.ndarray, features_fn: FeaturesFn,
                              ridge: float = 1e-3) -> float:
     """Distance of one image from the pristine Gaussian.
 
-    image: (H, W, 3) float in [0, 1], or pixels as `data.images.read_pixels`
+    image: (H, W, 3) float in [0, 1], or pixels as `formats.images.read_pixels`
     gives them ((H, W, 3) uint8 or uint16, (H, W, 4) uint8 with alpha), each
     chunk of patches made float32 on its own (bit-identical to converting the
     whole image first, without its memory). The image is cut at its own

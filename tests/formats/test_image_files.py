@@ -1,4 +1,4 @@
-"""data/images.py: walking folders (links, skipped files) and reading pixels in
+"""formats/images.py: walking folders (links, skipped files) and reading pixels in
 their own depth, converted to float exactly as the whole image would be."""
 import logging
 import os

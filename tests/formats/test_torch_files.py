@@ -1,4 +1,4 @@
-"""PyTorch weight files read without torch (grepq_jax.formats.pytorch.weight_files, torch_pickle).
+"""PyTorch weight files read without torch (grepq_jax.formats.pytorch: weight_files, unpickler).
 
 Reference: what torch itself reads back, `torch.load(..., weights_only=True)`
 or for TorchScript `torch.jit.load(...).state_dict()`, on files torch wrote

@@ -1,6 +1,6 @@
 """Tiny, freshly initialised GRepQ exports and a model folder built from them.
 
-Real exports (checkpoint.write_export, the pathways' metadata) of tiny models
+Real exports (encoder_export.write, the pathways' metadata) of tiny models
 with random parameters: no training, a few seconds. Reuse from a test file:
 
     from model_fixtures import low_level_export, high_level_export, model_folder  # noqa: F401

@@ -36,7 +36,7 @@ CLUSTER_VARIABLES = (
 def start_pair(folder, workdir, logs, gates, held=()) -> list[Child]:
     """Processes 0 and 1 of one job, 2 CPU devices each, on 127.0.0.1, logging
     to `logs`_process_{0,1}.log; the batches of steps `held` wait at gates
-    (tests/gated_main.py)."""
+    (tests/support/gated_main.py)."""
     port = free_port()
     # INFO from XLA's C++: the preemption protocol's progress.
     env = dict(child_env(devices=2), TF_CPP_MIN_LOG_LEVEL="0")

@@ -1,7 +1,7 @@
 """Faults: SIGKILL, SIGTERM, half-written checkpoints, non-finite losses.
 
 The kill tests run `python -m grepq_jax.main` as a user would (through
-tests/gated_main.py, which can hold a step until the test opens its gate) and
+tests/support/gated_main.py, which can hold a step until the test opens its gate) and
 compare its export with an uninterrupted in-process run of the same config:
 same compiled program (8 CPU devices in both), batches a pure function of
 (seed, step), so equal bit for bit.

@@ -1,6 +1,6 @@
 """OpenAI CLIP RN50 state dicts (as NumPy arrays) -> Flax trees; no torch here.
 
-`torch_weights.py` reads the files; this module maps their keys. Every
+`clip_weights.py` reads the files; this module maps their keys. Every
 function takes `source` (the file's name) for its errors, which name it and
 the key: a missing key, an unexpected one, or a shape that does not fit.
 
@@ -75,9 +75,9 @@ def _wrong_file_hint(state: Mapping) -> str:
     if "visual.proj" in state or "proj" in state:
         return " (this is a ViT CLIP, not a ResNet one)"
     if any(k.startswith("visual.") for k in state):
-        return " (this is a whole CLIP: read it with torch_weights.load_clip_rn50)"
+        return " (this is a whole CLIP: read it with clip_weights.load_clip_rn50)"
     if any(k.startswith("encoder.resnet18.") for k in state):
-        return " (this is GRepQ's low-level model: torch_convert.convert_grepq_low_level)"
+        return " (this is GRepQ's low-level model: resnet_weights.convert_grepq_low_level)"
     return " (not a CLIP ModifiedResNet state dict)"
 
 
@@ -164,7 +164,7 @@ def _text_source(path: tuple) -> tuple[str, int | None]:
         return fixed[joined], None
     match = re.fullmatch(r"text_model/encoder/layers/(\d+)/(?:self_attn|mlp)?/?(\w+)/(\w+)", joined)
     if match is None:
-        raise RuntimeError(f"unknown HF CLIP text param {joined}: update clip_rn50_convert")
+        raise RuntimeError(f"unknown HF CLIP text param {joined}: update clip_rn50_keys")
     index, module, leaf = match.groups()
     block = f"transformer.resblocks.{index}"
     if module in ("q_proj", "k_proj", "v_proj"):

@@ -1,6 +1,6 @@
 """Reading PyTorch weight files: OpenAI's and open_clip's CLIP RN50, GRepQ's high-level model.
 
-The files, read by `torch_files` without torch and without running anything
+The files, read by `weight_files` without torch and without running anything
 they hold:
 
 - OpenAI's `RN50.pt` (what `clip.load("RN50")` downloads): a TorchScript

@@ -17,7 +17,7 @@ The layouts, as torch writes them:
                                      parameters and buffers, listed by the classes in
                                      code/ (`__parameters__ = [...]`, read as text)
 
-Pickles are read by torch_pickle's allow-list unpickler. Arrays keep the
+Pickles are read by unpickler.py's allow-list unpickler. Arrays keep the
 file's dtype (float16 stays float16).
 """
 from __future__ import annotations

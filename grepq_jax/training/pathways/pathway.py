@@ -17,7 +17,7 @@ class Pathway:
         objective: `(params, batch_stats, batch) -> (loss, (batch_stats,
             metrics))`, pure and jit-able.
         export: `(state, directory) -> None` writes the encoder export
-            (`checkpoint.write_export`: params/ and encoder.json) that a
+            (`encoder_export.write`: params/ and encoder.json) that a
             model folder is packaged from.
     """
 
