@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageOps
 
+from grepq_jax.scoring.model_folder import load_model
 from grepq_jax.formats import images, model_cache
 from grepq_jax.scoring import quality_model as qm, zero_shot
 
@@ -218,6 +219,6 @@ def create_scorer(model_folder, mode: str | None = None, *, batch_size: int = 8,
     found in its cache unless a folder of that name is here.
     """
     model_folder = model_cache.resolve(model_folder)
-    return Scorer(qm.QualityModel.load(model_folder, chunk=chunk), mode,
+    return Scorer(load_model(model_folder, chunk=chunk), mode,
                   batch_size=batch_size, batch_pixels=batch_pixels,
                   max_pixels=max_pixels)

@@ -1,6 +1,6 @@
 """The scoring model folder's format: its file names, reading them checked,
 and adding a regressor. `grepq export` (scoring/packing.py) packages a folder;
-`QualityModel.load` (quality_model.py) reads one through this module.
+`load_model` reads one, checked, into a QualityModel (quality_model.py).
 
 A model folder (written by `grepq_jax.commands.export`) holds:
 
@@ -38,7 +38,8 @@ from grepq_jax.formats import encoder_export
 from grepq_jax.formats import output_files
 from grepq_jax.scoring import pristine
 from grepq_jax.formats.encoder_export import read_json, require
-from grepq_jax.scoring.encoders import LowLevelEncoder
+from grepq_jax.scoring.encoders import HighLevelEncoder, LowLevelEncoder
+from grepq_jax.scoring.quality_model import LOW_LEVEL_FEATURES, QualityModel
 from grepq_jax.scoring.ridge import RidgeRegressor
 
 FORMAT_VERSION = 1
@@ -52,9 +53,6 @@ REGRESSOR_JSON = "regressor.json"
 # model.json is in place: a folder holding it is an export that stopped.
 UNFINISHED_MARKER = ".grepq-export-unfinished"
 
-# Low-level whole-image outputs: "projection" (the 128-d head output the
-# paper's code uses) or "pooled" (the 512-d pooled encoder features).
-LOW_LEVEL_FEATURES = {"projection": "projection", "pooled": "features"}
 
 
 # Reading and checking the folder's files -------------------------------------------
@@ -66,6 +64,30 @@ def _raise_encoder_export(folder: pathlib.Path, metadata: dict):
     raise errors.InputError(
         f"{folder} is a training run's encoder export, not a model folder: package "
         f"it first with python -m grepq_jax.export --{pathway}={folder} --out=MODEL_FOLDER")
+
+
+def load_model(folder, *, chunk: int = 64) -> QualityModel:
+    """The quality model `grepq export` wrote into `folder`, checked completely.
+
+    chunk: at most this many low-level patches go through at once (bounds
+    memory on very large images; does not change scores). Raises
+    errors.InputError naming the file and what is wrong.
+    """
+    folder = pathlib.Path(folder).absolute()  # Orbax wants absolute paths.
+    description = read_description(folder)
+    low = high = stats = None
+    if description["low_level"]:
+        low = LowLevelEncoder.from_export(folder / LOW_LEVEL_DIR, chunk=chunk)
+        stats = read_pristine_statistics(folder, low, description)
+    if description["high_level"]:
+        high = HighLevelEncoder.from_export(folder / HIGH_LEVEL_DIR)
+    model = QualityModel(low_level=low, high_level=high, pristine_stats=stats,
+                         stride=description["zero_shot"]["stride"] if low else None)
+    if description["regressor"]:
+        model.regressor_info = read_regressor_info(folder, model.parts)
+        model.regressor = read_regressor(
+            folder, model.feature_width(model.regressor_info["features"]))
+    return model
 
 
 def read_description(folder) -> dict:

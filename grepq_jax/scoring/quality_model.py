@@ -31,7 +31,6 @@ sub-batch size (inherent: the encoders see the image at its own size).
 import collections
 import dataclasses
 import enum
-import pathlib
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
@@ -40,8 +39,11 @@ import numpy as np
 from grepq_jax.formats import images as image_files
 from grepq_jax.scoring import patches, pristine, quality_map, zero_shot
 from grepq_jax.scoring.encoders import HighLevelEncoder, LowLevelEncoder
-from grepq_jax.scoring.model_folder import HIGH_LEVEL_DIR, LOW_LEVEL_DIR, LOW_LEVEL_FEATURES, read_description, read_pristine_statistics, read_regressor, read_regressor_info
 from grepq_jax.scoring.ridge import RidgeRegressor
+
+# Low-level whole-image outputs: "projection" (the 128-d head output the
+# paper's code uses) or "pooled" (the 512-d pooled encoder features).
+LOW_LEVEL_FEATURES = {"projection": "projection", "pooled": "features"}
 
 _MIN_LOW_LEVEL_SIDE = 32  # LowLevelModel's documented minimum.
 
@@ -123,30 +125,6 @@ class QualityModel:
         self.stride = stride if stride is not None else (patch // 2 if patch else None)
         if self.stride is not None and self.stride < 1:
             raise ValueError(f"stride must be >= 1, got {self.stride}")
-
-    @classmethod
-    def load(cls, folder, *, chunk: int = 64) -> "QualityModel":
-        """Rebuilds the model written by `grepq_jax.commands.export` into `folder`, checked.
-
-        chunk: at most this many low-level patches go through at once
-        (bounds memory on very large images; does not change scores).
-        Raises errors.InputError naming the file and what is wrong.
-        """
-        folder = pathlib.Path(folder).absolute()  # Orbax wants absolute paths.
-        description = read_description(folder)
-        low = high = stats = None
-        if description["low_level"]:
-            low = LowLevelEncoder.from_export(folder / LOW_LEVEL_DIR, chunk=chunk)
-            stats = read_pristine_statistics(folder, low, description)
-        if description["high_level"]:
-            high = HighLevelEncoder.from_export(folder / HIGH_LEVEL_DIR)
-        model = cls(low_level=low, high_level=high, pristine_stats=stats,
-                    stride=description["zero_shot"]["stride"] if low else None)
-        if description["regressor"]:
-            model.regressor_info = read_regressor_info(folder, model.parts)
-            model.regressor = read_regressor(
-                folder, model.feature_width(model.regressor_info["features"]))
-        return model
 
     @property
     def parts(self) -> list[str]:

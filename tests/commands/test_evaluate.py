@@ -23,6 +23,8 @@ import shutil
 import numpy as np
 import pytest
 
+from grepq_jax.scoring.model_folder import load_model
+from grepq_jax.evaluation import report
 from grepq_jax.commands import cli, evaluate
 from grepq_jax.scoring import api
 from grepq_jax.evaluation import correlation
@@ -30,7 +32,6 @@ from grepq_jax.evaluation import feature_cache
 from grepq_jax.evaluation import plots
 from grepq_jax.evaluation import results_table
 from grepq_jax.evaluation import regression
-from grepq_jax.scoring import quality_model as qm
 from grepq_jax.evaluation import iqa_datasets
 from support.evaluation_data import (PNG_SIGNATURE, SharpnessModel, blur_root, run_cli,  # noqa: F401
                                      stand_in, write_csv_dataset)
@@ -85,13 +86,13 @@ def test_features_are_computed_once_and_recomputed_when_stale(
     monkeypatch.setattr(feature_cache, "compute_features",
                         lambda *a, **k: computed.append(1) or original(*a, **k))
     dataset = iqa_datasets.load_iqa_dataset("csv", dataset_root)
-    rows = evaluate.evaluate(model_folder, dataset, out, num_train=(10,), splits=3,
+    rows = report.evaluate(model_folder, dataset, out, num_train=(10,), splits=3,
                              mapping="logistic4", features="pooled")
     assert not computed  # Other mapping and features: the cache still serves.
     assert rows[-1]["method"] == "ridge[high + low:pooled]"
     assert "four-parameter logistic" in (out / "results.md").read_text()
     flipped = iqa_datasets.load_iqa_dataset("csv", dataset_root, higher_is_better=False)
-    evaluate.evaluate(model_folder, flipped, out, num_train=(10,), splits=3)
+    report.evaluate(model_folder, flipped, out, num_train=(10,), splits=3)
     assert computed == [1]  # The direction is part of the key.
     features = feature_cache.load_features(out / "features_csv.npz",
                                            feature_cache.cache_key(model_folder, flipped))
@@ -163,14 +164,14 @@ def test_cross_dataset_and_a_regressor_fitted_into_the_model(
     shutil.copytree(model_folder, folder)
     other = write_csv_dataset(tmp_path / "other", 12, 1)
     dataset = iqa_datasets.load_iqa_dataset("csv", dataset_root)
-    rows = evaluate.evaluate(folder, dataset, tmp_path / "out", num_train=(10,), splits=2,
+    rows = report.evaluate(folder, dataset, tmp_path / "out", num_train=(10,), splits=2,
                              cross_dataset=iqa_datasets.load_iqa_dataset("csv", other),
                              fit_regressor=True)
     cross = [r for r in rows if r["protocol"] == "cross_dataset"]
     assert len(cross) == 1 and cross[0]["num_train"] == 30 and cross[0]["num_test"] == 12
     assert -1 <= cross[0]["srocc_median"] <= 1
     assert (tmp_path / "out" / "features_csv_cross.npz").is_file()
-    model = qm.QualityModel.load(folder)
+    model = load_model(folder)
     assert model.regressor_info["score_range"] == list(dataset.score_range)
     assert model.regressor_info["orientation"] == "score"
     scorer = api.create_scorer(folder, mode="regressor")

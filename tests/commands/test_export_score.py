@@ -23,6 +23,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from grepq_jax.scoring.model_folder import load_model
 from grepq_jax import errors
 from grepq_jax.commands import cli, export, score
 from grepq_jax.scoring import batch
@@ -85,7 +86,7 @@ def test_export_writes_the_layout_and_reloads_with_identical_scores(
         low.patch_features)
     in_memory = qm.QualityModel(low_level=low, pristine_stats=stats,
                                 high_level=qm.HighLevelEncoder.from_export(high_level_export))
-    loaded = qm.QualityModel.load(model_folder)
+    loaded = load_model(model_folder)
     np.testing.assert_array_equal(loaded.pristine_stats.mu, stats.mu)
     np.testing.assert_array_equal(loaded.pristine_stats.cov, stats.cov)
     images = [("x", photo(160, 200)), ("y", photo(150, 170, 30))]
@@ -107,7 +108,7 @@ def test_export_refuses_a_used_folder_and_no_encoder(tmp_path, low_level_export)
     with pytest.raises(ValueError, match="at least one"):
         packing.export_model(tmp_path / "new")
     with pytest.raises(errors.InputError, match="no model.json"):
-        qm.QualityModel.load(tmp_path / "used")
+        load_model(tmp_path / "used")
 
 
 def test_a_model_with_one_encoder_scores_with_it(tmp_path, high_level_export):
@@ -171,8 +172,8 @@ def test_scores_do_not_depend_on_the_batch_or_the_order(model_folder):
 @pytest.mark.slow
 def test_chunked_low_level_path_equals_unchunked(model_folder):
     image = photo(240, 290)  # 4 x 5 = 20 patches
-    unchunked = qm.QualityModel.load(model_folder, chunk=64)
-    chunked = qm.QualityModel.load(model_folder, chunk=3)
+    unchunked = load_model(model_folder, chunk=64)
+    chunked = load_model(model_folder, chunk=3)
     expected = zero_shot.image_low_level_score(
         image, lambda p: unchunked.low_level.image_features(p)["projection"],
         unchunked.pristine_stats, chunk=10**6)  # every patch in one call, unpadded
@@ -183,7 +184,7 @@ def test_chunked_low_level_path_equals_unchunked(model_folder):
 def test_images_of_many_sizes_share_the_low_level_programs(model_folder, monkeypatch):
     """Patches go through in chunks padded to powers of two: a folder of mixed
     sizes compiles a few programs (one per input shape), not one per size."""
-    model = qm.QualityModel.load(model_folder, chunk=16)
+    model = load_model(model_folder, chunk=16)
     shapes = set()
     original = model.low_level.image_features
     monkeypatch.setattr(model.low_level, "image_features",
@@ -198,7 +199,7 @@ def test_images_of_many_sizes_share_the_low_level_programs(model_folder, monkeyp
 
 @pytest.mark.slow
 def test_a_very_large_image_goes_through_in_bounded_chunks(model_folder, monkeypatch):
-    model = qm.QualityModel.load(model_folder, chunk=64)
+    model = load_model(model_folder, chunk=64)
     image = np.random.default_rng(0).uniform(size=(1500, 1500, 3)).astype(np.float32)
     seen = []
     original = model.low_level.patch_features
@@ -262,7 +263,7 @@ def test_regressor_mode_predicts_with_the_stored_ridge(model_folder, tmp_path):
     folder = tmp_path / "model"
     packing.export_model(folder, low_level=str(model_folder / "low_level"),
                         high_level=str(model_folder / "high_level"))
-    model = qm.QualityModel.load(folder)
+    model = load_model(folder)
     images = [photo(160, 200, 10 * k) for k in range(8)]
     analyses = [a for _, a in model.analyse(enumerate(images), needs=model.regression_needs())]
     x = np.stack([model.regression_features(a, "pooled") for a in analyses])

@@ -23,6 +23,7 @@ import numpy as np
 from PIL import Image
 import pytest
 
+from grepq_jax.evaluation import report
 from grepq_jax.scoring import packing
 from grepq_jax.commands import cli, evaluate, export, score
 from grepq_jax.scoring import api, batch
@@ -396,8 +397,7 @@ class ConstantModel(SharpnessModel):
 def test_evaluate_with_constant_scores_fails_in_one_line_without_nan(
         stand_in, blur_root, tmp_path, monkeypatch, capsys):
     """Issue item 11: NaN correlations, raw SciPy warnings and exit 0."""
-    monkeypatch.setattr(evaluate.qm.QualityModel, "load",
-                        staticmethod(lambda folder, chunk: ConstantModel()))
+    monkeypatch.setattr(report, "load_model", lambda folder, chunk: ConstantModel())
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # A SciPy ConstantInputWarning fails the test.
         status = run_cli(f"--root={blur_root}", f"--out={tmp_path / 'out'}",

@@ -17,6 +17,7 @@ import numpy as np
 from PIL import Image
 import pytest
 
+from grepq_jax.scoring.model_folder import load_model
 from grepq_jax.commands import cli, score
 from grepq_jax.scoring import batch
 from grepq_jax.scoring import api
@@ -235,7 +236,7 @@ def _counting(items, pulled):
 
 
 def test_the_low_level_path_holds_one_image_at_a_time(model_folder):
-    model = qm.QualityModel.load(model_folder)
+    model = load_model(model_folder)
     pulled, alive = [], []
 
     def items():
@@ -255,7 +256,7 @@ def test_the_low_level_path_holds_one_image_at_a_time(model_folder):
 
 
 def test_whole_image_batches_are_capped_in_pixels(model_folder, monkeypatch):
-    model = qm.QualityModel.load(model_folder)
+    model = load_model(model_folder)
     shapes = []
     original = model.high_level.embeddings
     monkeypatch.setattr(model.high_level, "embeddings",
@@ -277,7 +278,7 @@ def test_whole_image_batches_are_capped_in_pixels(model_folder, monkeypatch):
 def test_a_huge_image_is_held_as_uint8_and_made_float_a_chunk_at_a_time(model_folder,
                                                                        monkeypatch):
     import tracemalloc  # pylint: disable=import-outside-toplevel
-    model = qm.QualityModel.load(model_folder, chunk=16)
+    model = load_model(model_folder, chunk=16)
     image = np.random.default_rng(0).integers(0, 256, (2000, 2000, 3), np.uint8)
     seen = []
     original = model.low_level.patch_features

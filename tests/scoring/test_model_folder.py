@@ -15,12 +15,12 @@ import numpy as np
 from PIL import Image
 import pytest
 
+from grepq_jax.scoring.model_folder import load_model
 from grepq_jax.formats import encoder_export
 from grepq_jax import errors
 from grepq_jax.scoring import api
 from grepq_jax.commands import cli, score
 from grepq_jax.evaluation import regression
-from grepq_jax.scoring import quality_model as qm
 from grepq_jax.scoring.model_folder import write_regressor
 from support.model_fixtures import high_level_export, low_level_export, model_folder  # noqa: F401
 
@@ -247,7 +247,7 @@ def test_a_damaged_model_folder_is_refused_at_open(case, damage, file, message,
 
 
 def test_the_undamaged_folder_loads_with_its_regressor(regressor_folder):
-    model = qm.QualityModel.load(regressor_folder)
+    model = load_model(regressor_folder)
     assert model.parts == ["high_level", "low_level"] and model.stride == 48
     assert model.feature_width("pooled") == FEATURES == len(model.regressor.weights)
     assert model.feature_width("projection") == 16 + 8

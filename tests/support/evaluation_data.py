@@ -5,6 +5,7 @@ import numpy as np
 from PIL import Image, ImageFilter
 import pytest
 
+from grepq_jax.evaluation import report
 from grepq_jax.commands import cli, evaluate
 from grepq_jax.evaluation import feature_cache
 from grepq_jax.formats import corpus
@@ -106,8 +107,7 @@ class SharpnessModel:
 @pytest.fixture
 def stand_in(monkeypatch):
     """evaluate loads SharpnessModel whatever --model says."""
-    monkeypatch.setattr(evaluate.qm.QualityModel, "load",
-                        staticmethod(lambda folder, chunk: SharpnessModel()))
+    monkeypatch.setattr(report, "load_model", lambda folder, chunk: SharpnessModel())
     monkeypatch.setattr(feature_cache, "_model_files_digest", lambda folder: "sharpness")
 
 

@@ -21,9 +21,8 @@ while the host prepares the next.
 """
 
 import collections
-import functools
 import os
-from typing import Iterable, Iterator
+from typing import Iterable
 
 import jax
 import jax.numpy as jnp
