@@ -27,7 +27,7 @@ writes; and prints each stage's share.
 
 Run with a Python that has torch and piq (benchmark-only), the peer at its best:
   GLIBC_TUNABLES=glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=1000000000000 \\
-    /work/venv-ref/bin/python benchmarks/bench_label_pass.py --images=200
+    python benchmarks/bench_label_pass.py --images=200
   ... --quick       # smoke run: 12 images, 2 peer groups
   ... --profile=8   # stage shares over 8 groups (no torch needed)
 """

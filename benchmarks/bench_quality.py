@@ -40,8 +40,9 @@ Outputs in --out: the table (printed, and table.md), scores.csv (every
 score), scatter_FAMILY.png (score against level, one panel per row, a line
 per image).
 
-One command, offline, from the repository root (NIQE needs torch and opencv,
-as in /work/venv-ref, and the basicsr sdist in --niqe_cache):
+One command, offline, from the repository root, in a Python with this
+project's requirements plus torch and opencv (cv2) for NIQE, and the basicsr
+sdist in --niqe_cache:
 
     pip download basicsr==1.4.2 --no-deps --no-binary :all: -d ~/.cache/basicsr
     nice -n 10 python benchmarks/bench_quality.py --niqe_cache=~/.cache/basicsr

@@ -1,9 +1,9 @@
 """CLIP RN50 image tower, inference on the CPU: ours (Flax) beside OpenAI's PyTorch ModifiedResNet.
 
-    /work/venv-ref/bin/python benchmarks/bench_rn50.py              # ~3 min on 2 cores
+    python benchmarks/bench_rn50.py              # ~3 min on 2 cores
     GLIBC_TUNABLES=glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=1000000000000 \\
-        /work/venv-ref/bin/python benchmarks/bench_rn50.py          # the peer at its best
-    /work/venv-ref/bin/python benchmarks/bench_rn50.py --quick      # smoke run
+        python benchmarks/bench_rn50.py          # the peer at its best
+    python benchmarks/bench_rn50.py --quick      # smoke run
 
 Needs torch and the `clip` package (clip-anytorch) for the peer: any Python
 with those and this project's requirements. Measures images/s of the image

@@ -1,9 +1,9 @@
 """The RN50 high-level training step on the CPU: ours beside GRepQ's PyTorch original.
 
-    /work/venv-ref/bin/python benchmarks/bench_rn50_train_step.py          # ~10 min on 2 cores
+    python benchmarks/bench_rn50_train_step.py          # ~10 min on 2 cores
     GLIBC_TUNABLES=glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=1000000000000 \\
-        /work/venv-ref/bin/python benchmarks/bench_rn50_train_step.py      # the peer at its best
-    /work/venv-ref/bin/python benchmarks/bench_rn50_train_step.py --quick  # smoke run
+        python benchmarks/bench_rn50_train_step.py      # the peer at its best
+    python benchmarks/bench_rn50_train_step.py --quick  # smoke run
 
 Needs torch and the `clip` package (clip-anytorch) for the peer. Ours is the
 trainer's own step (`trainer.make_step_fn` around the high-level pathway's

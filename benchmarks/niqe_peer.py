@@ -12,8 +12,8 @@ only `reorder_image`, `to_y_channel` (metrics/metric_util.py, which needs
 utils/color_util.py), `imresize` (utils/matlab_functions.py) and a registry
 decorator. Those files are loaded under their own module names, the registry
 replaced by a no-op; their imports are numpy, scipy, cv2 and torch (for
-imresize and color_util), so this runs in a venv with torch and opencv
-(/work/venv-ref on the development machine). Lower NIQE is better.
+imresize and color_util), so this runs in any Python with torch and opencv
+(cv2) beside this project's requirements. Lower NIQE is better.
 """
 import importlib.util
 import pathlib
