@@ -201,7 +201,8 @@ def main(argv):
 
 
 def run_command() -> None:
-    app.run(main, flags_parser=parse_flags)
+    with cli.quiet_broken_pipe():  # `grepq train --help | head`
+        app.run(main, flags_parser=parse_flags)
 
 
 if __name__ == "__main__":
