@@ -20,7 +20,6 @@ import numpy as np
 import pytest
 
 from grepq_jax.formats import encoder_export
-from grepq_jax.formats import checkpoint
 from grepq_jax.scoring import api
 from grepq_jax.scoring import packing
 from grepq_jax.training import trainer
@@ -175,14 +174,6 @@ def test_a_model_packaged_from_the_gs_export_scores_like_the_local_one(
     ]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    # tensorstore refuses the local path ".../gs:/bucket/...", which
-    # encoder_export.write reports as a CheckpointError.
-    raises=(ValueError, checkpoint.CheckpointError),
-    reason="packing.export_model and quality_model read and write model "
-    "folders with pathlib, which turns gs://b/m into the local path gs:/b/m",
-)
 def test_a_model_folder_on_gs(gcs, killed_and_resumed, tmp_path, monkeypatch):
     """What train's closing message suggests: --out and --model on gs://."""
     monkeypatch.chdir(tmp_path)

@@ -14,6 +14,8 @@ import stat
 import tempfile
 from collections.abc import Iterable, Iterator
 
+from etils import epath
+
 from grepq_jax import errors
 
 PARTIAL_SUFFIX = ".partial"
@@ -170,10 +172,21 @@ def replacing_path(path) -> Iterator[str]:
 @contextlib.contextmanager
 def replacing(path, mode: str = "w", **open_args) -> Iterator:
     """open(`path`, mode, ...) written as `replacing_path` says: the file
-    appears only complete."""
+    appears only complete. On an object store (gs://...) an object appears
+    only once its upload completes, so it is written in place."""
+    if "://" in os.fspath(path):
+        with epath.Path(os.fspath(path)).open(mode, **open_args) as file:
+            yield file
+        return
     with replacing_path(path) as temporary:
         with open(temporary, mode, **open_args) as file:
             yield file
+
+
+def write_bytes(path, data: bytes) -> None:
+    """`path` holds `data`, complete or not at all."""
+    with replacing(path, "wb") as file:
+        file.write(data)
 
 
 def write_text(path, text: str) -> None:

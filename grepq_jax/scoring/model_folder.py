@@ -27,15 +27,18 @@ Folders packaged before the encoders' metadata was named encoder.json hold
 low_level/model.json and high_level/model.json instead; checkpoint reads
 either name.
 """
+import io
 import json
 import math
-import pathlib
+import os
 
+from etils import epath
 import numpy as np
 
 from grepq_jax import errors
 from grepq_jax.formats import encoder_export
 from grepq_jax.formats import output_files
+from grepq_jax.formats.paths import absolute
 from grepq_jax.scoring import pristine
 from grepq_jax.formats.encoder_export import read_json, require
 from grepq_jax.scoring.encoders import HighLevelEncoder, LowLevelEncoder
@@ -57,7 +60,7 @@ UNFINISHED_MARKER = ".grepq-export-unfinished"
 
 # Reading and checking the folder's files -------------------------------------------
 
-def _raise_encoder_export(folder: pathlib.Path, metadata: dict):
+def _raise_encoder_export(folder: epath.Path, metadata: dict):
     """A training run's WORKDIR/export given where a model folder belongs: a
     common slip, answered with the command that packages it."""
     pathway = metadata.get("pathway", "low_level") if isinstance(metadata, dict) else "low_level"
@@ -73,7 +76,7 @@ def load_model(folder, *, chunk: int = 64) -> QualityModel:
     memory on very large images; does not change scores). Raises
     errors.InputError naming the file and what is wrong.
     """
-    folder = pathlib.Path(folder).absolute()  # Orbax wants absolute paths.
+    folder = epath.Path(absolute(os.fspath(folder)))  # Orbax wants absolute paths; gs:// too.
     description = read_description(folder)
     low = high = stats = None
     if description["low_level"]:
@@ -95,7 +98,7 @@ def read_description(folder) -> dict:
 
     Also checks that every file it lists is present.
     """
-    folder = pathlib.Path(folder)
+    folder = epath.Path(folder)
     path = folder / MODEL_JSON
     if (folder / UNFINISHED_MARKER).exists():
         raise errors.InputError(f"{folder} is an unfinished model folder (grepq export "
@@ -131,10 +134,11 @@ def read_description(folder) -> dict:
     return description
 
 
-def _read_npz(path: pathlib.Path, reader):
+def _read_npz(path: epath.Path, reader):
     """reader(np.load(path)), with any failure as a errors.InputError naming path."""
     try:
-        with np.load(path, allow_pickle=False) as arrays:
+        with path.open("rb") as file, np.load(io.BytesIO(file.read()),
+                                                allow_pickle=False) as arrays:
             return reader(arrays)
     except errors.InputError:
         raise
@@ -149,7 +153,7 @@ def _reason(error: Exception) -> str:
     return f"cannot read it ({type(error).__name__}: {error})"
 
 
-def read_pristine_statistics(folder: pathlib.Path, low: LowLevelEncoder,
+def read_pristine_statistics(folder: epath.Path, low: LowLevelEncoder,
                              description: dict) -> pristine.PristineStatistics:
     """The statistics, checked against the encoder and model.json."""
     path = folder / PRISTINE_FILE
@@ -165,7 +169,7 @@ def read_pristine_statistics(folder: pathlib.Path, low: LowLevelEncoder,
     return stats
 
 
-def read_regressor_info(folder: pathlib.Path, parts: list[str]) -> dict:
+def read_regressor_info(folder: epath.Path, parts: list[str]) -> dict:
     """regressor.json, checked: features, parts (equal to the model's), score_range."""
     path = folder / REGRESSOR_JSON
     info, source = read_json(path), str(path)
@@ -184,7 +188,7 @@ def read_regressor_info(folder: pathlib.Path, parts: list[str]) -> dict:
     return info
 
 
-def read_regressor(folder: pathlib.Path, width: int) -> RidgeRegressor:
+def read_regressor(folder: epath.Path, width: int) -> RidgeRegressor:
     """regressor.npz, checked: finite, (width,) vectors, positive scales."""
     def check(arrays) -> RidgeRegressor:
         for key in ("mean", "scale", "weights", "intercept", "alpha"):
@@ -203,17 +207,23 @@ def read_regressor(folder: pathlib.Path, width: int) -> RidgeRegressor:
     return _read_npz(folder / REGRESSOR_FILE, check)
 
 
+def npz_bytes(arrays: dict) -> bytes:
+    """`arrays` as an .npz file's bytes (zipfile seeks, which object stores' writers cannot)."""
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    return buffer.getvalue()
+
+
 def write_regressor(folder, regressor: RidgeRegressor, info: dict) -> None:
     """Adds (or replaces) the regressor of an existing model folder.
 
     info: JSON-able; what the regressor reads and predicts (see evaluate.py).
     """
-    folder = pathlib.Path(folder)
+    folder = epath.Path(absolute(os.fspath(folder)))
     description = read_description(folder)
     # Each file complete or not at all, model.json last: a failure leaves the
     # folder as it was or with an unlisted regressor, never a listed broken one.
-    with output_files.replacing(folder / REGRESSOR_FILE, "wb") as file:
-        np.savez(file, **regressor.to_arrays())
+    output_files.write_bytes(folder / REGRESSOR_FILE, npz_bytes(regressor.to_arrays()))
     output_files.write_text(folder / REGRESSOR_JSON, json.dumps(info, indent=2))
     description["regressor"] = True
     output_files.write_text(folder / MODEL_JSON, json.dumps(description, indent=2))

@@ -7,18 +7,19 @@ half-way leaves a folder no reader accepts, and the next export replaces.
 """
 import contextlib
 import json
-import pathlib
+import os
 import re
-import shutil
 import sys
 from collections.abc import Iterator
 
 from absl import logging
+from etils import epath
 import numpy as np
 
 from grepq_jax.formats import encoder_export
 from grepq_jax import errors
 from grepq_jax.formats import corpus, images, output_files
+from grepq_jax.formats.paths import absolute
 from grepq_jax.scoring import encoders, model_folder, pristine
 
 
@@ -41,7 +42,7 @@ def pristine_images(folder: str | None, skipped: list[tuple[str, str]]
             skipped.append((str(path), str(error)))
 
 
-def _check_out_folder(out: pathlib.Path) -> None:
+def _check_out_folder(out: epath.Path) -> None:
     """FileExistsError unless `out` is missing, empty, or an unfinished export's
     folder (it holds model_folder.UNFINISHED_MARKER: replaced when writing)."""
     if (out / model_folder.UNFINISHED_MARKER).exists():
@@ -51,7 +52,7 @@ def _check_out_folder(out: pathlib.Path) -> None:
                               "a new --out")
 
 
-def _prepare_out_folder(out: pathlib.Path) -> None:
+def _prepare_out_folder(out: epath.Path) -> None:
     """`out` as an empty folder: made, or emptied if an unfinished export's."""
     if (out / model_folder.UNFINISHED_MARKER).exists():
         print(f"note: replacing the unfinished model folder {out} (an export that "
@@ -60,13 +61,13 @@ def _prepare_out_folder(out: pathlib.Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
 
 
-def _empty(folder: pathlib.Path) -> None:
+def _empty(folder: epath.Path) -> None:
     """Removes what `folder` holds, the unfinished marker last."""
     for entry in folder.iterdir():
         if entry.name == model_folder.UNFINISHED_MARKER:
             continue
-        if entry.is_dir() and not entry.is_symlink():
-            shutil.rmtree(entry)
+        if entry.is_dir() and not os.path.islink(entry):
+            entry.rmtree()
         else:
             entry.unlink()
     (folder / model_folder.UNFINISHED_MARKER).unlink(missing_ok=True)
@@ -85,7 +86,7 @@ def check_paths(out, inputs: dict[str, str | None]) -> None:
                                                             folder=True)])
 
 
-def _disk_full(error: Exception, out: pathlib.Path) -> errors.RunFailure | None:
+def _disk_full(error: Exception, out: epath.Path) -> errors.RunFailure | None:
     """A RunFailure if `error` is a write refused for lack of space: an OSError,
     or Orbax's ValueError that quotes one (os_error_code 28)."""
     failure = errors.disk_full(error, out)
@@ -100,7 +101,7 @@ def _disk_full(error: Exception, out: pathlib.Path) -> errors.RunFailure | None:
     return failure
 
 
-def _write_folder(out: pathlib.Path, exports: dict, stats, description: dict) -> None:
+def _write_folder(out: epath.Path, exports: dict, stats, description: dict) -> None:
     """The folder's files, model.json last, between the unfinished marker's
     creation and its removal; on failure what was written is removed."""
     made = not out.exists()
@@ -110,14 +111,14 @@ def _write_folder(out: pathlib.Path, exports: dict, stats, description: dict) ->
         for name, (tree, metadata) in exports.items():
             encoder_export.write(str(out / name), tree, metadata)
         if stats is not None:
-            with output_files.replacing(out / model_folder.PRISTINE_FILE, "wb") as file:
-                np.savez(file, **stats.to_arrays())
+            output_files.write_bytes(out / model_folder.PRISTINE_FILE,
+                                     model_folder.npz_bytes(stats.to_arrays()))
         output_files.write_text(out / model_folder.MODEL_JSON,
                                 json.dumps(description, indent=2))
     except BaseException as error:
         with contextlib.suppress(OSError):  # Frees the space a full disk needs back.
             _empty(out)
-            if made:
+            if made and out.exists():  # An object store has no empty folders.
                 out.rmdir()
         failure = _disk_full(error, out)
         if failure is not None and not isinstance(error, errors.RunFailure):
@@ -143,7 +144,7 @@ def export_model(out, *, low_level: str | None = None, high_level: str | None = 
         raise ValueError("give at least one of the low-level and high-level exports")
     if pristine_folder and pristine_patches:
         raise ValueError("give a pristine image folder or a pristine patch file, not both")
-    out = pathlib.Path(out).absolute()  # Orbax wants absolute paths.
+    out = epath.Path(absolute(os.fspath(out)))  # Orbax wants absolute paths; gs:// too.
     check_paths(out, {"low_level": low_level, "high_level": high_level,
                       "pristine": pristine_folder, "pristine_patches": pristine_patches})
     _check_out_folder(out)

@@ -24,7 +24,6 @@ from PIL import Image
 import pytest
 
 from grepq_jax.evaluation import report
-from grepq_jax.scoring import packing
 from grepq_jax.commands import cli, evaluate, export, score
 from grepq_jax.scoring import api, batch
 from grepq_jax import errors
@@ -272,9 +271,10 @@ def test_export_on_a_full_tmpfs_is_one_line_exit_1_and_leaves_nothing(
 def test_export_with_a_simulated_full_disk_leaves_nothing(low_level_export, tmp_path,
                                                           monkeypatch, capsys):
     """ENOSPC at the pristine statistics' write, after the encoder is written."""
-    def savez_into_full_disk(file, **arrays):
-        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-    monkeypatch.setattr(packing.np, "savez", savez_into_full_disk)
+    def write_into_full_disk(path, data):
+        with output_files.replacing(path, "wb"):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    monkeypatch.setattr(output_files, "write_bytes", write_into_full_disk)
     monkeypatch.chdir(tmp_path)
     argv = ["export", f"--low_level={os.path.relpath(low_level_export)}", "--out=model"]
     assert export.main(cli.parse(export.FLAGS, argv)) == 1
