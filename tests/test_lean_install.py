@@ -11,6 +11,8 @@ import subprocess
 import sys
 import tomllib
 
+import pytest
+
 from conftest import read_scalars
 from run_main import REPO, TIMEOUT_S, child_env
 
@@ -34,6 +36,7 @@ def test_the_core_requirements_leave_tensorflow_to_the_tfds_extra():
         "tensorflow-datasets", "tensorflow-cpu"}
 
 
+@pytest.mark.slow  # a child process
 def test_the_tfds_builders_without_the_extra_say_how_to_add_it():
     done = subprocess.run(
         [sys.executable, "-c",
@@ -45,6 +48,7 @@ def test_the_tfds_builders_without_the_extra_say_how_to_add_it():
         "(no module tensorflow_datasets), an extra: pip install -e '.[tfds]'")
 
 
+@pytest.mark.slow  # a child process
 def test_training_runs_and_logs_without_tensorflow(tmp_path):
     """The quick start's training command, TensorFlow unimportable; the
     workdir relative, as a user types it."""

@@ -88,6 +88,7 @@ def test_an_unwritable_logdir_is_one_line_naming_it(without_tensorflow,
         "cannot write TensorBoard events in run/tensorboard: Not a directory")
 
 
+@pytest.mark.slow  # the storage emulator
 def test_events_on_gs_are_in_the_bucket_and_read_back(tmp_path, monkeypatch):
     """Through etils.epath (gcsfs, or TensorFlow's file layer where it is
     installed), against the Cloud Storage emulator."""
