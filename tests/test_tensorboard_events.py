@@ -95,6 +95,7 @@ def test_events_on_gs_are_in_the_bucket_and_read_back(tmp_path, monkeypatch):
     with gcs_emulator.running(tmp_path) as gcs:
         for name, value in gcs.env.items():
             monkeypatch.setenv(name, value)
+
         def event_files():  # not TensorFlow's folder marker
             return [n for n in gcs.names("run/tensorboard/") if "tfevents" in n]
 
