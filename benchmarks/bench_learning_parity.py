@@ -82,12 +82,10 @@ LABEL_CACHE = "original_fsim_labels.npz"  # in --out: piq's labels, by group con
 def _losses_logged(logdir: pathlib.Path) -> list[float]:
     """The per-step `loss` scalars the trainer logs (TensorBoard files)."""
     from tensorboard.backend.event_processing import event_accumulator  # pylint: disable=import-outside-toplevel
-    from tensorboard.util import tensor_util  # pylint: disable=import-outside-toplevel
     events = event_accumulator.EventAccumulator(
-        str(logdir), size_guidance={event_accumulator.TENSORS: 0})
+        str(logdir), size_guidance={event_accumulator.SCALARS: 0})
     events.Reload()
-    return [float(tensor_util.make_ndarray(e.tensor_proto))
-            for e in sorted(events.Tensors("loss"), key=lambda e: e.step)]
+    return [e.value for e in sorted(events.Scalars("loss"), key=lambda e: e.step)]
 
 
 def train_ours(data: pathlib.Path, workdir: pathlib.Path, seed: int, args,

@@ -34,14 +34,12 @@ def parse_args():
 
 
 def steps_per_second(logdir) -> list[float]:
-    import tensorflow as tf  # pylint: disable=import-outside-toplevel
+    from tensorboard.backend.event_processing import event_accumulator  # pylint: disable=import-outside-toplevel
 
-    rates = {}
-    for path in tf.io.gfile.glob(f"{logdir}/events.out.tfevents.*"):
-        for event in tf.compat.v1.train.summary_iterator(path):
-            for value in event.summary.value:
-                if value.tag == "steps_per_second":
-                    rates[event.step] = float(tf.make_ndarray(value.tensor))
+    events = event_accumulator.EventAccumulator(
+        logdir, size_guidance={event_accumulator.SCALARS: 0})
+    events.Reload()
+    rates = {e.step: e.value for e in events.Scalars("steps_per_second")}
     return [rates[k] for k in sorted(rates)]
 
 

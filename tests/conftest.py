@@ -40,14 +40,16 @@ def photo_folder(tmp_path_factory):
 
 
 def read_scalars(logdir, tag):
-    import tensorflow as tf
+    """`tag`'s values in step order, as TensorBoard reads them (a restarted
+    run's later file replaces the steps it logs again)."""
+    from tensorboard.backend.event_processing import event_accumulator
 
-    values = {}
-    for path in tf.io.gfile.glob(f"{logdir}/events.out.tfevents.*"):
-        for event in tf.compat.v1.train.summary_iterator(path):
-            for value in event.summary.value:
-                if value.tag == tag:
-                    values[event.step] = float(tf.make_ndarray(value.tensor))
+    events = event_accumulator.EventAccumulator(
+        str(logdir), size_guidance={event_accumulator.SCALARS: 0})
+    events.Reload()
+    if tag not in events.Tags()["scalars"]:
+        return []
+    values = {event.step: event.value for event in events.Scalars(tag)}
     return [values[k] for k in sorted(values)]
 
 

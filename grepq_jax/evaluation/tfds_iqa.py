@@ -15,15 +15,25 @@ and score_range.
     dataset = builder.as_dataset(split="train")
 
 The builders are not added to TFDS's registry (no tfds.load by name):
-importing this module changes nothing global.
+importing this module changes nothing global. TensorFlow Datasets is an
+extra (`pip install -e '.[tfds]'`); without it, importing this module raises
+ImportError saying so.
 """
 import collections
 import os
 
 import numpy as np
-import tensorflow_datasets as tfds
 
 from grepq_jax.evaluation import iqa_datasets
+
+try:
+    import tensorflow_datasets as tfds
+except ImportError as error:
+    # The one line a user sees: what is missing and the command that adds it.
+    raise ImportError(
+        f"grepq_jax.evaluation.tfds_iqa needs TensorFlow Datasets (no module "
+        f"{error.name}), an extra: pip install -e '.[tfds]'",
+        name=error.name) from None
 
 # The formats tf.image.decode_image reads, so a stored image can be decoded.
 _DECODABLE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif"})

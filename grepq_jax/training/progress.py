@@ -3,12 +3,24 @@
 Only process 0 writes or draws; other processes get a writer that does nothing.
 """
 
+import errno
+import io
+import itertools
+import os
+import socket
 import time
 
+from etils import epath
 import jax
 import tqdm
 
 from grepq_jax import errors
+
+# How often events reach a file on Cloud Storage (tf.summary's default
+# interval): each flush there uploads the whole file again.
+_REMOTE_FLUSH_SECONDS = 120.0
+# Tells apart the files that one process opens within a second.
+_FILE_NUMBERS = itertools.count()
 
 
 class ProgressReporter:
@@ -26,13 +38,7 @@ class ProgressReporter:
         self._images_per_step = images_per_step
         self._last_time, self._last_step = None, start_step
         if self._active:
-            self._tf = _tensorflow()
-            try:
-                self._writer = self._tf.summary.create_file_writer(logdir)
-            except Exception as error:  # TensorFlow's own error classes.
-                raise errors.RunFailure(
-                    f"cannot write TensorBoard events in {logdir}: "
-                    f"{_reason(error)}") from None
+            self._events = EventFile(logdir)
             self._bar = tqdm.tqdm(
                 total=total_steps,
                 initial=start_step,
@@ -54,9 +60,7 @@ class ProgressReporter:
             )
         self._last_time, self._last_step = now, step
         if self._active:
-            with self._writer.as_default(step=step):
-                for name, value in scalars.items():
-                    self._tf.summary.scalar(name, value)
+            self._events.add_scalars(step, scalars)
             self._bar.update(step - self._bar.n)
             self._bar.set_postfix(
                 {
@@ -69,26 +73,86 @@ class ProgressReporter:
 
     def close(self) -> None:
         if self._active:
-            self._writer.flush()
+            self._events.close()
             self._bar.close()
 
 
+class EventFile:
+    """A TensorBoard event file in `logdir` (local or gs://), written without
+    TensorFlow: `Event` protos in TFRecord framing, as tf.summary writes them,
+    scalars as `simple_value` (TensorBoard's scalar dashboard reads both).
+
+    A local file is appended to at each step logged. Cloud Storage objects
+    cannot be appended to, so there the file's bytes are kept here and written
+    whole every _REMOTE_FLUSH_SECONDS and at close (as TensorFlow's own GCS
+    file does). Raises errors.RunFailure naming the folder when it cannot be
+    written.
+    """
+
+    def __init__(self, logdir: str):
+        # Imported here: the summary package takes a third of a second.
+        from tensorboard.compat.proto import event_pb2, summary_pb2
+        from tensorboard.summary.writer import record_writer
+
+        self._event_pb2, self._summary_pb2 = event_pb2, summary_pb2
+        self._logdir = logdir
+        folder = epath.Path(logdir)
+        self._path = folder / (
+            f"events.out.tfevents.{int(time.time()):010d}.{socket.gethostname()}"
+            f".{os.getpid()}.{next(_FILE_NUMBERS)}.v2")
+        self._remote = "://" in str(folder)
+        self._written = b""  # Remote only: the whole file so far.
+        self._pending = io.BytesIO()  # Records not yet in the file.
+        self._records = record_writer.RecordWriter(self._pending)
+        self._last_flush = 0.0
+        self._write_event(file_version="brain.Event:2")
+        self._guarded(lambda: folder.mkdir(parents=True, exist_ok=True))
+        self.flush()  # The file exists from the start, as tf.summary's does.
+
+    def add_scalars(self, step: int, scalars: dict[str, float]) -> None:
+        values = [self._summary_pb2.Summary.Value(tag=name, simple_value=value)
+                  for name, value in scalars.items()]
+        self._write_event(step=step,
+                          summary=self._summary_pb2.Summary(value=values))
+        if (not self._remote
+                or time.monotonic() - self._last_flush >= _REMOTE_FLUSH_SECONDS):
+            self.flush()
+
+    def flush(self) -> None:
+        pending = self._pending.getvalue()
+        if self._remote:
+            self._written += pending
+            self._guarded(lambda: self._path.write_bytes(self._written))
+        else:
+            def append():
+                with self._path.open("ab") as file:
+                    file.write(pending)
+            self._guarded(append)
+        self._pending.seek(0)
+        self._pending.truncate()
+        self._last_flush = time.monotonic()
+
+    def close(self) -> None:
+        self.flush()
+
+    def _write_event(self, **fields) -> None:
+        event = self._event_pb2.Event(wall_time=time.time(), **fields)
+        self._records.write(event.SerializeToString())
+
+    def _guarded(self, write) -> None:
+        try:
+            write()
+        except Exception as error:  # OSError, or a Cloud Storage client's.
+            raise errors.RunFailure(
+                f"cannot write TensorBoard events in {self._logdir}: "
+                f"{_reason(error)}") from None
+
+
 def _reason(error: Exception) -> str:
-    """TensorFlow's message is a function node's name, a path and the cause."""
-    text = str(error)
-    if "No space left on device" in text:
+    """The cause in a line: the OS's words, or the client's first line."""
+    if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
         return "no space left on device; free some space or use another --workdir"
-    return text.strip().splitlines()[0].rsplit("; ", 1)[-1] if text.strip() else (
-        type(error).__name__)
-
-
-def _tensorflow():
-    """TensorFlow for its summary writer only (imported late: it is slow)."""
-    import tensorflow as tf
-
-    # Keep TF off the accelerators: on a GPU it would reserve their memory.
-    try:
-        tf.config.set_visible_devices([], "GPU")
-    except RuntimeError:  # TF was started earlier; its choice stands.
-        pass
-    return tf
+    if isinstance(error, OSError) and error.strerror:
+        return error.strerror
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__

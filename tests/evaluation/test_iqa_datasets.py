@@ -356,8 +356,10 @@ def test_unknown_dataset_lists_the_known_ones(tmp_path):
 
 @pytest.fixture(scope="module")
 def tfds():
-    import tensorflow_datasets  # Imported here: slow, and only these need it.
-    return tensorflow_datasets
+    # Imported here: slow, and only these need it.
+    return pytest.importorskip(
+        "tensorflow_datasets",
+        reason="TensorFlow Datasets is the extra [tfds]: pip install -e '.[tfds]'")
 
 
 def prepare(tfds, dataset, manual_dir, data_dir):

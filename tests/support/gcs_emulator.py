@@ -7,19 +7,21 @@ Starts `gcp-storage-emulator` (PyPI, pure Python, in memory, bucket
 
 - tensorstore (Orbax's array data) is pointed at the front by
   `TENSORSTORE_GCS_HTTP_URL`;
-- TensorFlow's file layer (`tf.io.gfile`: TensorBoard events, and etils.epath
-  and so Orbax's metadata, the FSIM cache, the export's JSON) has its Cloud
-  Storage hosts compiled in (https://www.googleapis.com,
-  https://storage.googleapis.com) and no endpoint setting, but its libcurl
+- TensorFlow's file layer (`tf.io.gfile`, where TensorFlow is installed:
+  etils.epath and so TensorBoard events, Orbax's metadata, the FSIM cache,
+  the export's JSON) has its Cloud Storage hosts compiled in
+  (https://www.googleapis.com, https://storage.googleapis.com) and no
+  endpoint setting, but its libcurl
   honours `HTTPS_PROXY` and `CURL_CA_BUNDLE`: the front answers CONNECT,
   terminates TLS with a certificate for those two hosts signed by a CA made
   here (added to the system's in FOLDER/ca-bundle.pem), and serves the
   requests as the emulator;
-- google-cloud-storage (Orbax asks it about the bucket) honours
-  `STORAGE_EMULATOR_HOST`.
+- google-cloud-storage (Orbax asks it about the bucket) and gcsfs (etils.epath
+  without TensorFlow) honour `STORAGE_EMULATOR_HOST`.
 
 The front also adds what gcp-storage-emulator (2026.7.19) lacks and these
-clients need: ranged reads (`Range: bytes=a-b` gets 206 and those bytes),
+clients need: gcsfs's one-request rename (objects.move, as copy and delete),
+ranged reads (`Range: bytes=a-b` gets 206 and those bytes),
 the object's generation with its bytes (`x-goog-generation`, which
 tensorstore's conditional writes start from), empty objects (TensorFlow's
 folder markers: an empty media upload is passed on as a multipart one), and
@@ -130,6 +132,11 @@ def as_multipart(path: str, headers: dict) -> tuple[str, bytes]:
     return path.replace("uploadType=media", "uploadType=multipart"), body.encode()
 
 
+# gcsfs renames an object with one request (objects.move), which the
+# emulator lacks: the front copies then deletes.
+MOVE = re.compile(
+    r"/storage/v1/b/(?P<bucket>[^/]+)/o/(?P<source>[^?/]+)/moveTo/o/(?P<target>[^?/]+)"
+)
 # A JSON-API read of an object's bytes.
 MEDIA = re.compile(
     r"(?:/download)?/storage/v1/b/(?P<bucket>[^/]+)/o/(?P<name>[^?/]+)\?(?:.*&)?alt=media"
@@ -177,10 +184,14 @@ class Front(http.server.BaseHTTPRequestHandler):
         path = self.path
         if not body and "uploadType=media" in path:
             path, body = as_multipart(path, headers)
+        move = MOVE.match(path) if self.command == "POST" else None
         try:
-            status, reason, response_headers, data = self.server.ask(
-                self.command, path, body, headers
-            )
+            if move:
+                status, reason, response_headers, data = self.server.move(move)
+            else:
+                status, reason, response_headers, data = self.server.ask(
+                    self.command, path, body, headers
+                )
         except OSError as error:  # the emulator failed on this request
             self.send_error(502, f"emulator: {error}")
             return
@@ -237,6 +248,20 @@ class FrontServer(http.server.ThreadingHTTPServer):
         finally:
             upstream.close()
 
+    def move(self, move: re.Match):
+        """objects.move as copyTo and DELETE; the copy's answer (the new
+        object's metadata), or the first refusal."""
+        bucket = move["bucket"]
+        answer = self.ask(
+            "POST",
+            f"/storage/v1/b/{bucket}/o/{move['source']}/copyTo/b/{bucket}/o/{move['target']}",
+            b"", {},
+        )
+        if answer[0] != 200:
+            return answer
+        deleted = self.ask("DELETE", f"/storage/v1/b/{bucket}/o/{move['source']}", b"", {})
+        return answer if deleted[0] in (200, 204) else deleted
+
     def generation_headers(self, media: re.Match) -> dict[str, str]:
         """What GCS sends with an object's bytes and the emulator does not:
         its generation (tensorstore's conditional writes need it)."""
@@ -273,8 +298,13 @@ def client_env(front: int, ca: Path) -> dict[str, str]:
         "GCE_METADATA_HOST": closed,
         # tensorstore finds no credentials, fails fast here, goes anonymous.
         "GCE_METADATA_ROOT": closed,
-        # google-cloud-storage, where installed (Orbax asks it about buckets).
+        # google-cloud-storage, where installed (Orbax asks it about buckets),
+        # and gcsfs (etils.epath's gs:// without TensorFlow).
         "STORAGE_EMULATOR_HOST": f"http://127.0.0.1:{front}",
+        # gcsfs's default client also asks Cloud Storage's control plane
+        # (gRPC, not emulated) for each bucket's layout; its plain client
+        # needs only the JSON API.
+        "GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT": "false",
     }
 
 
