@@ -19,6 +19,7 @@ import jax
 import numpy as np
 import pytest
 
+from grepq_jax.commands import cli, export, score
 from grepq_jax.formats import encoder_export
 from grepq_jax.scoring import api
 from grepq_jax.scoring import packing
@@ -183,9 +184,25 @@ def test_a_model_packaged_from_the_gs_export_scores_like_the_local_one(
     ]
 
 
-def test_a_model_folder_on_gs(gcs, killed_and_resumed, tmp_path, monkeypatch):
-    """What train's closing message suggests: --out and --model on gs://."""
+def test_a_model_folder_on_gs(gcs, killed_and_resumed, tmp_path, monkeypatch, capsys):
+    """What train's closing message suggests: --out and --model on gs://, as
+    commands and through the API, scoring as a local folder does."""
     monkeypatch.chdir(tmp_path)
-    packing.export_model("gs://bucket/model", low_level=f"{WORKDIR}/export")
+    argv = ["export", f"--low_level={WORKDIR}/export", "--out=gs://bucket/model"]
+    assert export.main(cli.parse(export.FLAGS, argv)) == 0
     assert "model/model.json" in gcs.names("model/")
-    assert api.create_scorer("gs://bucket/model").score_range == (0.0, 0.5)
+    packing.export_model("local_model", low_level=f"{WORKDIR}/export")
+    image = corpus.load_embedded_photograph(next(iter(corpus.EMBEDDED_PHOTOGRAPHS)))[:192, :192]
+    remote, local = api.create_scorer("gs://bucket/model"), api.create_scorer("local_model")
+    assert remote.score_range == (0.0, 0.5)
+    assert remote.score(image) == local.score(image)
+    from PIL import Image  # pylint: disable=import-outside-toplevel
+    Image.fromarray((image * 255).round().astype(np.uint8)).save("image.png")
+    capsys.readouterr()
+    argv = ["score", "--model=gs://bucket/model", "--output=scores.csv", "image.png"]
+    assert score.main(cli.parse(score.FLAGS, argv)) == 0
+    rows = (tmp_path / "scores.csv").read_text().splitlines()
+    assert rows[0] == "path,low_level,high_level,combined,error"
+    path, low_level, _, _, error = rows[1].split(",")
+    assert (path, float(low_level), error) == ("image.png", remote.score(
+        np.asarray(Image.open("image.png"), np.float32) / 255), "")

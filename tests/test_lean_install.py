@@ -14,7 +14,7 @@ import tomllib
 import pytest
 
 from conftest import read_scalars
-from run_main import REPO, TIMEOUT_S, child_env
+from support.run_main import REPO, TIMEOUT_S, child_env
 
 # `import tensorflow` (or tensorflow_datasets) raises ImportError, and
 # find_spec finds neither, as where they are not installed.

@@ -1,6 +1,6 @@
 """A Cloud Storage emulator on 127.0.0.1 that every gs:// client here reaches.
 
-    python tests/gcs_emulator.py FOLDER     # prints one JSON line, then serves
+    python tests/support/gcs_emulator.py FOLDER     # prints one JSON line, then serves
 
 Starts `gcp-storage-emulator` (PyPI, pure Python, in memory, bucket
 `bucket`) and a front on another loopback port that the clients talk to:

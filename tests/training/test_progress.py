@@ -10,9 +10,10 @@ from etils.epath import gpath
 import numpy as np
 import pytest
 
-from grepq_jax import errors, progress
+from grepq_jax import errors
+from grepq_jax.training import progress
 from conftest import read_scalars
-import gcs_emulator
+from support import gcs_emulator
 
 
 @pytest.fixture
