@@ -30,7 +30,7 @@ def requirement_names(lines) -> set[str]:
 def test_the_core_requirements_leave_tensorflow_to_the_tfds_extra():
     core = requirement_names((REPO / "requirements.txt").read_text().splitlines())
     assert not {n for n in core if n.startswith("tensorflow")}, core
-    assert {"tensorboard", "etils"} <= core
+    assert {"tensorboardx", "google-crc32c", "etils"} <= core and "tensorboard" not in core
     project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
     assert requirement_names(project["optional-dependencies"]["tfds"]) == {
         "tensorflow-datasets", "tensorflow-cpu"}

@@ -8,9 +8,11 @@ import io
 import itertools
 import os
 import socket
+import struct
 import time
 
 from etils import epath
+import google_crc32c
 import jax
 import tqdm
 
@@ -90,9 +92,8 @@ class EventFile:
     """
 
     def __init__(self, logdir: str):
-        # Imported here: the summary package takes a third of a second.
-        from tensorboard.compat.proto import event_pb2, summary_pb2
-        from tensorboard.summary.writer import record_writer
+        # Imported here, when a run starts logging, not with the package.
+        from tensorboardX.proto import event_pb2, summary_pb2
 
         self._event_pb2, self._summary_pb2 = event_pb2, summary_pb2
         self._logdir = logdir
@@ -103,7 +104,6 @@ class EventFile:
         self._remote = "://" in str(folder)
         self._written = b""  # Remote only: the whole file so far.
         self._pending = io.BytesIO()  # Records not yet in the file.
-        self._records = record_writer.RecordWriter(self._pending)
         self._last_flush = 0.0
         self._write_event(file_version="brain.Event:2")
         self._guarded(lambda: folder.mkdir(parents=True, exist_ok=True))
@@ -137,7 +137,7 @@ class EventFile:
 
     def _write_event(self, **fields) -> None:
         event = self._event_pb2.Event(wall_time=time.time(), **fields)
-        self._records.write(event.SerializeToString())
+        self._pending.write(_record(event.SerializeToString()))
 
     def _guarded(self, write) -> None:
         try:
@@ -146,6 +146,19 @@ class EventFile:
             raise errors.RunFailure(
                 f"cannot write TensorBoard events in {self._logdir}: "
                 f"{_reason(error)}") from None
+
+
+def _record(data: bytes) -> bytes:
+    """TFRecord framing: the length, its masked CRC-32C, the data, its masked CRC-32C."""
+    length = struct.pack("<Q", len(data))
+    return (length + struct.pack("<I", _masked_crc32c(length)) + data
+            + struct.pack("<I", _masked_crc32c(data)))
+
+
+def _masked_crc32c(data: bytes) -> int:
+    """TFRecord's CRC: CRC-32C rotated right by 15 bits plus a constant, mod 2**32."""
+    crc = google_crc32c.value(data)
+    return (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF
 
 
 def _reason(error: Exception) -> str:

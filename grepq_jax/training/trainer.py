@@ -257,12 +257,11 @@ def what_next(config: ml_collections.ConfigDict, workdir, total_steps: int) -> s
     """The closing message: where everything is and the commands that use it."""
     export_dir = workdir / "export"
     flag = "--low_level" if config.pathway == "low_level" else "--high_level"
-    # Model folders are local for now (export and score read them with
-    # pathlib); a run on Cloud Storage is packaged into the current folder.
-    model_dir = f"models/{workdir.name}" if "://" in str(workdir) else workdir / "model"
+    model_dir = workdir / "model"  # Beside the run, local or gs:// alike.
     return (
         f"Done: {total_steps} steps. Checkpoints: {workdir / 'checkpoints'}; "
-        f"TensorBoard: tensorboard --logdir {workdir / 'tensorboard'}\n"
+        f"TensorBoard (pip install tensorboard): tensorboard --logdir "
+        f"{workdir / 'tensorboard'}\n"
         f"Next, package a scoring model folder and score images:\n"
         f"  grepq export {flag}={export_dir} --out={model_dir}\n"
         f"  grepq score --model={model_dir} IMAGE_OR_FOLDER ..."
