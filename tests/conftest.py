@@ -1,6 +1,7 @@
 """Shared test set-up: CPU only, several simulated devices, fast compiles."""
 
 import os
+import tempfile
 
 # Must be set before jax is imported anywhere in the test process.
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
@@ -16,7 +17,8 @@ import pytest  # noqa: E402
 import skimage.data  # noqa: E402
 
 # Identical programs compiled by different tests load from this cache.
-jax.config.update("jax_compilation_cache_dir", "/tmp/grepq_jax_test_cache")
+jax.config.update("jax_compilation_cache_dir",
+                  os.path.join(tempfile.gettempdir(), "grepq_jax_test_cache"))
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
 
 

@@ -3,7 +3,7 @@
 Parity against OpenAI's PyTorch code (clip/model.py) two ways: a stored
 output of a tiny CLIP on seeded random weights (tests/fixtures/
 make_rn50_reference.py, no torch needed), and live, at full RN50 size, where
-torch and the `clip` package are installed (/work/venv-ref/bin/python -m pytest).
+torch and the `clip` package (clip-anytorch) are installed.
 """
 import dataclasses
 import functools
