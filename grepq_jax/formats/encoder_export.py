@@ -99,7 +99,7 @@ def require(mapping: Any, key: str, kind, source: str, *, positive: bool = False
     """
     if not isinstance(mapping, dict):
         raise errors.InputError(f"{source}: expected a JSON object, got "
-                               f"{type(mapping).__name__}")
+                                f"{type(mapping).__name__}")
     if key not in mapping:
         raise errors.InputError(f"{source}: no key {key!r}")
     value = mapping[key]
@@ -109,7 +109,7 @@ def require(mapping: Any, key: str, kind, source: str, *, positive: bool = False
     if wrong_kind or (positive and not (math.isfinite(value) and value > 0)):
         wanted = " or ".join(k.__name__ for k in kinds)
         raise errors.InputError(f"{source}: {key} must be a {'positive ' * positive}"
-                               f"{wanted}, got {value!r}")
+                                f"{wanted}, got {value!r}")
     return value
 
 
@@ -128,7 +128,7 @@ def check_tree(stored, expected, source: str, built_from: str) -> None:
     missing, extra = sorted(set(want) - set(have)), sorted(set(have) - set(want))
     if missing:
         raise errors.InputError(f"{source}: no array {missing[0]} ({len(missing)} missing), "
-                               f"which {built_from} needs")
+                                f"which {built_from} needs")
     if extra:
         raise errors.InputError(f"{source}: unexpected array {extra[0]} ({len(extra)} in "
                                f"all) for {built_from}")
@@ -170,7 +170,7 @@ def read_checked(directory, pathway: str) -> tuple[dict, dict, str]:
     metadata = read_json(meta_path)
     if require(metadata, "pathway", str, str(meta_path)) != pathway:
         raise errors.InputError(f"{meta_path}: expected a {pathway} export, got pathway "
-                               f"{metadata['pathway']!r}")
+                                f"{metadata['pathway']!r}")
     if not tree_path.is_dir() or not any(tree_path.iterdir()):
         raise errors.InputError(f"{tree_path} is missing or empty")
     try:
@@ -179,7 +179,7 @@ def read_checked(directory, pathway: str) -> tuple[dict, dict, str]:
     except Exception as error:  # Orbax and TensorStore raise many types.
         first_line = (str(error).splitlines() or [""])[0][:200]
         raise errors.InputError(f"{tree_path}: cannot read the parameters, damaged or "
-                               f"incomplete ({type(error).__name__}: {first_line})"
+                                f"incomplete ({type(error).__name__}: {first_line})"
                                ) from None
     if not isinstance(tree, dict):
         raise errors.InputError(f"{tree_path}: expected a tree of arrays")
@@ -199,4 +199,4 @@ def build(source: str, what: str, build):
         return build()
     except Exception as error:  # A config that the model code rejects.
         raise errors.InputError(f"{source}: cannot build the {what} it describes "
-                               f"({type(error).__name__}: {error})") from None
+                                f"({type(error).__name__}: {error})") from None

@@ -56,7 +56,7 @@ class LowLevelEncoder:
         meta_source = str(epath.Path(source) / encoder_export.METADATA)
         if encoder_export.require(metadata, "pathway", str, meta_source) != "low_level":
             raise errors.InputError(f"{meta_source}: expected a low_level export, got "
-                                   f"pathway {metadata['pathway']!r}")
+                                    f"pathway {metadata['pathway']!r}")
         config = encoder_export.require(metadata, "model", dict, meta_source)
         model_source = f"{meta_source} (model)"
         encoder_export.require(config, "encoder", str, model_source)
@@ -64,7 +64,7 @@ class LowLevelEncoder:
             encoder_export.require(config, key, int, model_source, positive=True)
         if encoder_export.require(config, "dtype", str, model_source) not in DTYPES:
             raise errors.InputError(f"{model_source}: dtype must be one of "
-                                   f"{sorted(DTYPES)}, got {config['dtype']!r}")
+                                    f"{sorted(DTYPES)}, got {config['dtype']!r}")
         model = encoder_export.build(meta_source, "model",
                        lambda: low_level_model.make_low_level_model(config))
         expected = encoder_export.build(meta_source, "model", lambda: jax.eval_shape(

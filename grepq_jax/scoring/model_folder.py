@@ -103,17 +103,17 @@ def read_description(folder) -> dict:
     if (folder / UNFINISHED_MARKER).exists():
         raise errors.InputError(f"{folder} is an unfinished model folder (grepq export "
                                "stopped before finishing it): run the export again with "
-                               "the same --out, which replaces it")
+                                "the same --out, which replaces it")
     if not path.is_file():
         if (folder / encoder_export.METADATA).is_file():
             _raise_encoder_export(folder, read_json(folder / encoder_export.METADATA))
         raise errors.InputError(f"{folder} is not a model folder: no {MODEL_JSON} "
-                               "(write one with python -m grepq_jax.export)")
+                                "(write one with python -m grepq_jax.export)")
     description, source = read_json(path), str(path)
     version = require(description, "format_version", int, source)
     if version != FORMAT_VERSION:
         raise errors.InputError(f"{path}: format_version {version!r}; this code "
-                               f"reads {FORMAT_VERSION}")
+                                f"reads {FORMAT_VERSION}")
     for key in ("low_level", "high_level", "regressor"):
         require(description, key, bool, source)
     if not (description["low_level"] or description["high_level"]):
@@ -130,7 +130,7 @@ def read_description(folder) -> dict:
         for name in names if description[part] else []:
             if not (folder / name).exists():
                 raise errors.InputError(f"{path} lists {part}, but {folder / name} "
-                                       "is missing")
+                                        "is missing")
     return description
 
 
@@ -161,7 +161,7 @@ def read_pristine_statistics(folder: epath.Path, low: LowLevelEncoder,
     width = low.widths["projection"]
     if len(stats.mu) != width:
         raise errors.InputError(f"{path}: mu has {len(stats.mu)} features, but the "
-                               f"low-level encoder gives {width}")
+                                f"low-level encoder gives {width}")
     if stats.patch_size != description["zero_shot"]["patch_size"]:
         raise errors.InputError(
             f"{path}: patch_size {stats.patch_size} differs from {folder / MODEL_JSON}'s "
@@ -175,16 +175,16 @@ def read_regressor_info(folder: epath.Path, parts: list[str]) -> dict:
     info, source = read_json(path), str(path)
     if require(info, "features", str, source) not in LOW_LEVEL_FEATURES:
         raise errors.InputError(f"{path}: features must be one of "
-                               f"{sorted(LOW_LEVEL_FEATURES)}, got {info['features']!r}")
+                                f"{sorted(LOW_LEVEL_FEATURES)}, got {info['features']!r}")
     if require(info, "parts", list, source) != parts:
         raise errors.InputError(f"{path}: the regressor reads {info['parts']}, but the "
-                               f"model holds {parts}")
+                                f"model holds {parts}")
     low, high = (require(info, "score_range", list, source) + [None, None])[:2]
     if not (len(info["score_range"]) == 2 and all(
             isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
             for v in (low, high)) and low < high):
         raise errors.InputError(f"{path}: score_range must be [low, high], two finite "
-                               f"numbers with low < high, got {info['score_range']!r}")
+                                f"numbers with low < high, got {info['score_range']!r}")
     return info
 
 

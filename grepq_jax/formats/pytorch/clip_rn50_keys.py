@@ -92,7 +92,7 @@ def image_arch_from_state_dict(state: Mapping[str, np.ndarray], *, source: str,
     grid = math.isqrt(positions - 1)
     if grid * grid + 1 != positions:
         raise errors.InputError(f"{source}: 'attnpool.positional_embedding' has {positions} rows, "
-                           "not 1 + a square grid")
+                                "not 1 + a square grid")
     layers = tuple(_count(state, rf"layer{s}\.(\d+)\.") for s in range(1, 5))
     try:
         return clip_rn50.ModifiedResNetArch(
