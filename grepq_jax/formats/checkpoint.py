@@ -1,20 +1,14 @@
-"""The only module that talks to Orbax.
+"""Training checkpoints: `<workdir>/checkpoints/<step>` through Orbax's CheckpointManager.
 
-Training checkpoints live under `<workdir>/checkpoints/<step>`; an encoder
-export is a folder holding one parameter tree (`params/`) and its metadata
-(`encoder.json`). Paths may be local or gs:// (Orbax and etils.epath handle
-both). With several processes, every call here is collective: each process
-makes it, with the same arguments.
-
-A step folder counts only once Orbax has written `commit_success.txt` into it,
-last; one that a kill interrupted is ignored (the previous step is restored)
-and deleted when the run starts again. Before the marker, the step's files
-are listed with their digests (`checkpoint_digest`); a step whose files no
-longer match is set aside as `<step>.damaged` when the run restarts, and the
-newest intact step is restored instead.
-
-A full disk is reported in one line (the file, the state's size, the space
-free) rather than by each of Orbax's writing tasks.
+Paths may be local or gs://. With several processes, every call here is
+collective: each process makes it, with the same arguments. A step folder
+counts only once Orbax has written `commit_success.txt` into it, last; one
+that a kill interrupted is ignored and deleted when the run starts again.
+Before the marker, the step's files are listed with their digests
+(`checkpoint_digest`); a step whose files no longer match is set aside as
+`<step>.damaged` and the newest intact step restored instead. A full disk is
+reported in one line (the file, the state's size, the space free) rather
+than by each of Orbax's writing tasks. Encoder exports: encoder_export.py.
 """
 
 import collections
