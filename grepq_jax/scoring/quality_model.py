@@ -1,32 +1,13 @@
-"""A scoring model: a model folder loaded and checked, and the features and scores of images.
+"""A scoring model's computation: the features and scores of images, given its
+encoders, pristine statistics and optional regressor (model_folder.load_model
+reads and checks a folder into one).
 
-The folder's format is scoring/model_folder.py's.
-
-Either encoder may be absent; the model then scores with what is there. It
-loads with neither the training config nor network access: both encoders
-are rebuilt from their stored metadata. `QualityModel.load` checks all of it
-before returning (every file readable, every array of the shape, dtype and
-finiteness the metadata implies, every key present and sane, the widths of
-the statistics and the regressor equal to what the encoders give) and
-raises one errors.InputError naming the file and key otherwise.
-
-Every image is used whole at its own resolution, never resized, and both
-encoders run in inference mode (BatchNorm's stored statistics), so an image's
-result does not depend on the other images in its batch: the low-level
-zero-shot score is bit-identical (each image's patches go through on their
-own), whole-image outputs may differ in the last float32 bits between
-sub-batch sizes (another compiled program).
-
-Memory: images arrive as pixels in their file's depth (uint8 mostly) and
-are made float32 only a chunk of patches at a time (low-level score) or a
-bounded batch at a time (whole-image paths: at most `batch_size` images and
-`batch_pixels` pixels, or one image alone if larger).
-
-Compiled programs are reused: the low-level zero-shot path feeds patches in
-chunks whose sizes are powers of two up to `chunk` (a handful of programs
-for any mix of image sizes); whole-image paths batch same-size images in
-power-of-two sub-batches, so they compile once per distinct image size and
-sub-batch size (inherent: the encoders see the image at its own size).
+Every image is used whole at its own resolution, in inference mode, so its
+result does not depend on the rest of its batch (the low-level score is
+bit-identical; whole-image outputs may differ in the last float32 bits
+between sub-batch sizes). Pixels stay in their file's depth and become
+float32 a chunk of patches or a bounded batch at a time, and batches come in
+power-of-two sizes, so a handful of compiled programs serve any mix of sizes.
 """
 import collections
 import dataclasses
