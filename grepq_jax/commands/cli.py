@@ -74,20 +74,23 @@ class quiet_broken_pipe:
         sys.exit(1)
 
 
+def _print_commands() -> None:
+    print("usage: grepq {%s} [flags] [args]\n\n"
+          "  train     train and export an encoder (python -m grepq_jax.main)\n"
+          "  export    package exported encoders into a scoring model folder\n"
+          "  score     score images with a model folder\n"
+          "  evaluate  evaluate a model folder on an IQA dataset\n"
+          "  convert   turn OpenAI / open_clip / GRepQ PyTorch weights into an export\n"
+          "  download  fetch and convert the released GRepQ model (--model=grepq)\n\n"
+          "grepq COMMAND --help shows each command's flags." % ",".join(COMMANDS))
+
+
 def main() -> None:
     """`grepq COMMAND [flags] [args]`: the console script."""
     argv = sys.argv
     if len(argv) < 2 or argv[1] in HELP_FLAGS:
-        print("usage: grepq {%s} [flags] [args]\n\n"
-              "  train     train and export an encoder (python -m grepq_jax.main)\n"
-              "  export    package exported encoders into a scoring model folder\n"
-              "  score     score images with a model folder\n"
-              "  evaluate  evaluate a model folder on an IQA dataset\n"
-              "  convert   turn OpenAI / open_clip / GRepQ PyTorch weights into an "
-              "export\n"
-              "  download  fetch and convert the released GRepQ model (--model=grepq)\n\n"
-              "grepq COMMAND --help shows each command's flags."
-              % ",".join(COMMANDS))
+        with quiet_broken_pipe():  # `grepq --help | head`
+            _print_commands()
         sys.exit(0 if len(argv) >= 2 else 2)
     if argv[1] not in COMMANDS:
         print(f"grepq: unknown command {argv[1]!r}; choose one of "
