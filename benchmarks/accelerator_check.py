@@ -14,18 +14,17 @@ of about a minute whose figures say nothing about speed (CI runs it):
 `--dry_run` lists every row it would fill, with the sizes, and runs nothing.
 
 The wheels: the package needs, beyond a stack of JAX, flax, optax,
-orbax-checkpoint, tensorboard and PyTorch, the pure-Python ml-collections and
-tensorboardX (the event files' protos), google-crc32c (their framing), piq
-for the FSIM peer, and transformers 4.57 (the last line with the Flax CLIP
-classes that the RN50 and scoring paths import) with the hub and tokenizers
-versions it accepts. Filled once, on a machine with a registry:
+orbax-checkpoint, tensorboard and PyTorch, the pure-Python ml-collections,
+piq for the FSIM peer, and transformers 4.57 (the last line with the Flax
+CLIP classes that the RN50 and scoring paths import) with the hub and
+tokenizers versions it accepts. Filled once, on a machine with a registry:
 
     pip download --no-deps --only-binary=:all: --python-version 3.12 \\
         --implementation cp --platform manylinux_2_17_x86_64 -d benchmarks/wheels \\
         ml-collections==1.1.0 piq==0.8.0 transformers==4.57.6 \\
-        huggingface-hub==0.36.0 tokenizers==0.22.1 tensorboardX==2.6.5 google-crc32c
+        huggingface-hub==0.36.0 tokenizers==0.22.1
 
-(about 16 MB). `--wheels=DIR` installs them offline (`pip install --no-index
+(16 MB). `--wheels=DIR` installs them offline (`pip install --no-index
 --no-deps --target`) into a temporary folder put first on the import path,
 so they win over the machine's own versions for this run only.
 

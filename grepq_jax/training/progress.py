@@ -8,15 +8,14 @@ import io
 import itertools
 import os
 import socket
-import struct
 import time
 
 from etils import epath
-import google_crc32c
 import jax
 import tqdm
 
 from grepq_jax import errors
+from grepq_jax.training import event_records
 
 # How often events reach a file on Cloud Storage (tf.summary's default
 # interval): each flush there uploads the whole file again.
@@ -92,10 +91,6 @@ class EventFile:
     """
 
     def __init__(self, logdir: str):
-        # Imported here, when a run starts logging, not with the package.
-        from tensorboardX.proto import event_pb2, summary_pb2
-
-        self._event_pb2, self._summary_pb2 = event_pb2, summary_pb2
         self._logdir = logdir
         folder = epath.Path(logdir)
         self._path = folder / (
@@ -105,15 +100,12 @@ class EventFile:
         self._written = b""  # Remote only: the whole file so far.
         self._pending = io.BytesIO()  # Records not yet in the file.
         self._last_flush = 0.0
-        self._write_event(file_version="brain.Event:2")
+        self._pending.write(event_records.version_event(time.time()))
         self._guarded(lambda: folder.mkdir(parents=True, exist_ok=True))
         self.flush()  # The file exists from the start, as tf.summary's does.
 
     def add_scalars(self, step: int, scalars: dict[str, float]) -> None:
-        values = [self._summary_pb2.Summary.Value(tag=name, simple_value=value)
-                  for name, value in scalars.items()]
-        self._write_event(step=step,
-                          summary=self._summary_pb2.Summary(value=values))
+        self._pending.write(event_records.scalars_event(time.time(), step, scalars))
         if (not self._remote
                 or time.monotonic() - self._last_flush >= _REMOTE_FLUSH_SECONDS):
             self.flush()
@@ -135,10 +127,6 @@ class EventFile:
     def close(self) -> None:
         self.flush()
 
-    def _write_event(self, **fields) -> None:
-        event = self._event_pb2.Event(wall_time=time.time(), **fields)
-        self._pending.write(_record(event.SerializeToString()))
-
     def _guarded(self, write) -> None:
         try:
             write()
@@ -146,19 +134,6 @@ class EventFile:
             raise errors.RunFailure(
                 f"cannot write TensorBoard events in {self._logdir}: "
                 f"{_reason(error)}") from None
-
-
-def _record(data: bytes) -> bytes:
-    """TFRecord framing: the length, its masked CRC-32C, the data, its masked CRC-32C."""
-    length = struct.pack("<Q", len(data))
-    return (length + struct.pack("<I", _masked_crc32c(length)) + data
-            + struct.pack("<I", _masked_crc32c(data)))
-
-
-def _masked_crc32c(data: bytes) -> int:
-    """TFRecord's CRC: CRC-32C rotated right by 15 bits plus a constant, mod 2**32."""
-    crc = google_crc32c.value(data)
-    return (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF
 
 
 def _reason(error: Exception) -> str:
