@@ -56,6 +56,14 @@ def run(main: Callable[[list[str]], int], flag_values: flags.FlagValues,
         app.run(main, flags_parser=lambda argv: parse(flag_values, argv, usage))
 
 
+def unexpected_arguments(argv: Sequence[str]) -> bool:
+    """Whether a command that takes only flags was given arguments too (said
+    on stderr); the command then exits 2."""
+    if len(argv) > 1:
+        print(f"unexpected arguments: {list(argv[1:])}", file=sys.stderr)
+    return len(argv) > 1
+
+
 class quiet_broken_pipe:
     """Ends the program quietly when its reader goes away (`score ... | head`).
 

@@ -120,8 +120,7 @@ def _convert_from_flags() -> str:
 
 
 def main(argv: list[str]) -> int:
-    if len(argv) > 1:
-        print(f"unexpected arguments: {argv[1:]}", file=sys.stderr)
+    if cli.unexpected_arguments(argv):
         return 2
     logging.set_verbosity(logging.WARNING)  # Orbax logs every write at INFO.
     try:

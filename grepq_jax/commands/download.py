@@ -18,8 +18,7 @@ _CACHE = flags.DEFINE_string(
 
 
 def main(argv: list[str]) -> int:
-    if len(argv) > 1:
-        print(f"unexpected arguments: {argv[1:]}", file=sys.stderr)
+    if cli.unexpected_arguments(argv):
         return 2
     logging.set_verbosity(logging.WARNING)  # Orbax logs every write at INFO.
     cache = absolute(_CACHE.value) if _CACHE.value else None

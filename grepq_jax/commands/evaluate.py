@@ -118,8 +118,7 @@ def _report_failure(error: Exception, out: str) -> None:
 
 
 def main(argv: list[str]) -> int:
-    if len(argv) > 1:
-        print(f"unexpected arguments: {argv[1:]}", file=sys.stderr)
+    if cli.unexpected_arguments(argv):
         return 2
     logging.set_verbosity(logging.WARNING)  # Orbax logs every read at INFO.
     try:

@@ -50,8 +50,7 @@ def _quiet_failed_save_reports() -> None:
 
 
 def main(argv: list[str]) -> int:
-    if len(argv) > 1:
-        print(f"unexpected arguments: {argv[1:]}", file=sys.stderr)
+    if cli.unexpected_arguments(argv):
         return 2
     _quiet_failed_save_reports()
     logging.set_verbosity(logging.WARNING)  # Orbax logs every write at INFO.

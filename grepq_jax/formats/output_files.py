@@ -8,6 +8,7 @@ file is complete, so a failure or an interrupt leaves the target as it was.
 """
 import contextlib
 import dataclasses
+import io
 import os
 import pathlib
 import stat
@@ -15,6 +16,7 @@ import tempfile
 from collections.abc import Iterable, Iterator
 
 from etils import epath
+import numpy as np
 
 from grepq_jax import errors
 
@@ -187,6 +189,19 @@ def write_bytes(path, data: bytes) -> None:
     """`path` holds `data`, complete or not at all."""
     with replacing(path, "wb") as file:
         file.write(data)
+
+
+def npz_bytes(arrays: dict) -> bytes:
+    """`arrays` as an .npz file's bytes, built in memory: zipfile seeks, which
+    an object store's writer cannot."""
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    return buffer.getvalue()
+
+
+def write_npz(path, arrays: dict) -> None:
+    """`path` holds the .npz of `arrays` (plain arrays, no pickle), complete or not at all."""
+    write_bytes(path, npz_bytes(arrays))
 
 
 def write_text(path, text: str) -> None:

@@ -207,13 +207,6 @@ def read_regressor(folder: epath.Path, width: int) -> RidgeRegressor:
     return _read_npz(folder / REGRESSOR_FILE, check)
 
 
-def npz_bytes(arrays: dict) -> bytes:
-    """`arrays` as an .npz file's bytes (zipfile seeks, which object stores' writers cannot)."""
-    buffer = io.BytesIO()
-    np.savez(buffer, **arrays)
-    return buffer.getvalue()
-
-
 def write_regressor(folder, regressor: RidgeRegressor, info: dict) -> None:
     """Adds (or replaces) the regressor of an existing model folder.
 
@@ -223,7 +216,7 @@ def write_regressor(folder, regressor: RidgeRegressor, info: dict) -> None:
     description = read_description(folder)
     # Each file complete or not at all, model.json last: a failure leaves the
     # folder as it was or with an unlisted regressor, never a listed broken one.
-    output_files.write_bytes(folder / REGRESSOR_FILE, npz_bytes(regressor.to_arrays()))
+    output_files.write_npz(folder / REGRESSOR_FILE, regressor.to_arrays())
     output_files.write_text(folder / REGRESSOR_JSON, json.dumps(info, indent=2))
     description["regressor"] = True
     output_files.write_text(folder / MODEL_JSON, json.dumps(description, indent=2))

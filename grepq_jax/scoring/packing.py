@@ -111,8 +111,7 @@ def _write_folder(out: epath.Path, exports: dict, stats, description: dict) -> N
         for name, (tree, metadata) in exports.items():
             encoder_export.write(str(out / name), tree, metadata)
         if stats is not None:
-            output_files.write_bytes(out / model_folder.PRISTINE_FILE,
-                                     model_folder.npz_bytes(stats.to_arrays()))
+            output_files.write_npz(out / model_folder.PRISTINE_FILE, stats.to_arrays())
         output_files.write_text(out / model_folder.MODEL_JSON,
                                 json.dumps(description, indent=2))
     except BaseException as error:

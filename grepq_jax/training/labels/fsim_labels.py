@@ -33,7 +33,7 @@ import tqdm
 from grepq_jax.training.labels import distortions
 from grepq_jax.training.labels import fsim
 from grepq_jax.training.labels import fsim_bucketed
-from grepq_jax.formats import images
+from grepq_jax.formats import images, output_files
 from grepq_jax.training.data import stream
 
 # Part of the cache's name: bump when reading or distortion code changes pixels.
@@ -160,10 +160,8 @@ class LabelCache:
     @staticmethod
     def _write(path: epath.Path, matrices: dict[str, np.ndarray]):
         path.parent.mkdir(parents=True, exist_ok=True)
-        buffer = io.BytesIO()
-        np.savez(buffer, keys=np.array(list(matrices)),
-                 matrices=np.stack(list(matrices.values())))
-        path.write_bytes(buffer.getvalue())
+        path.write_bytes(output_files.npz_bytes({
+            "keys": np.array(list(matrices)), "matrices": np.stack(list(matrices.values()))}))
 
 
 def matrix_problem(matrix: np.ndarray, versions: int) -> str | None:
